@@ -1,0 +1,249 @@
+//! `agent-sidecar serve`: load configuration and policy, bind the listeners, serve until
+//! SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, SecretSource};
+use crate::guard::Guard;
+use crate::guard::pii::HashKey;
+use crate::health::{self, AdminState};
+use crate::policy::Policy;
+use crate::proxy::{self, ProxyState, upstream};
+use crate::state::ConversationStore;
+use crate::state::memory::MemoryStore;
+use crate::telemetry::metrics::Metrics;
+
+/// Flags of `serve`; each one can also be set by the environment variable named beside
+/// it, and both override the configuration file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// YAML configuration file.
+    #[arg(long, env = "AGENT_SIDECAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Policy file or directory (such as a mounted ConfigMap); the embedded default
+    /// policy when unset.
+    #[arg(long, env = "AGENT_SIDECAR_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Base URL of the OpenAI-compatible upstream [default: https://api.openai.com/v1].
+    #[arg(long, env = "AGENT_SIDECAR_OPENAI_UPSTREAM")]
+    pub openai_upstream: Option<String>,
+    /// Base URL of the Anthropic upstream [default: https://api.anthropic.com].
+    #[arg(long, env = "AGENT_SIDECAR_ANTHROPIC_UPSTREAM")]
+    pub anthropic_upstream: Option<String>,
+    /// Redis URL for conversation state; not available in this version.
+    #[arg(long, env = "AGENT_SIDECAR_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Model proxy address [default: 127.0.0.1:14100].
+    #[arg(long, env = "AGENT_SIDECAR_LISTEN")]
+    pub listen: Option<String>,
+    /// gRPC address, reserved for the local gRPC API [default: 127.0.0.1:14101].
+    #[arg(long, env = "AGENT_SIDECAR_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+    /// Admin address for probes and metrics [default: 0.0.0.0:14190].
+    #[arg(long, env = "AGENT_SIDECAR_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    let raw = match &args.config {
+        Some(path) => match RawConfig::from_file(path) {
+            Ok(raw) => raw,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(super::EXIT_USAGE);
+            }
+        },
+        None => RawConfig::default(),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        grpc_listen: args.grpc_listen,
+        policy: args.policy,
+        openai_upstream: args.openai_upstream,
+        anthropic_upstream: args.anthropic_upstream,
+        redis_url: args.redis_url,
+    };
+    let config = match Config::resolve(raw, overrides, &ProcessEnvironment) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(error = %message, "sidecar stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let policy =
+        Policy::load_or_default(config.policy.as_deref()).map_err(|errors| errors.to_string())?;
+    tracing::info!(
+        policy = %policy.identity.name,
+        policy.hash = %policy.identity.hash,
+        policy.source = %policy.identity.source,
+        rules = policy.rule_count,
+        "policy loaded"
+    );
+    let metrics = Metrics::new();
+    metrics.set_policy_rules(policy.rule_count);
+
+    let hash_key = match &config.hash_key {
+        Some(secret) => HashKey::new(secret.expose().as_bytes()),
+        None => {
+            tracing::warn!(
+                "no hash key configured (pii.hashKeyFile or AGENT_SIDECAR_HASH_KEY); hash tokens \
+                 are stable only until this process restarts"
+            );
+            HashKey::new(&random_key()?)
+        }
+    };
+    let guard = Arc::new(Guard::new(Arc::new(policy), Arc::new(hash_key)));
+    let store: Arc<dyn ConversationStore> = Arc::new(MemoryStore::with_defaults());
+
+    match &config.openai.api_key {
+        Some((_, SecretSource::Environment)) => {
+            tracing::info!("upstream credential for openai read from OPENAI_API_KEY")
+        }
+        Some((_, SecretSource::File)) => {
+            tracing::info!("upstream credential for openai read from file")
+        }
+        None => tracing::info!(
+            "no upstream credential for openai; the client's Authorization header is forwarded"
+        ),
+    }
+    let client = upstream::build_client(config.connect_timeout)
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let openai = upstream::Upstream::new(
+        "openai",
+        config.openai.clone(),
+        client,
+        config.request_timeout,
+        config.max_response_body_bytes,
+    );
+
+    let proxy_listener = bind(config.listen, "listen").await?;
+    let admin_listener = bind(config.admin_listen, "adminListen").await?;
+    if !config.listen.ip().is_loopback() {
+        tracing::warn!(address = %config.listen, "model proxy listens on a non-loopback address; other pods can reach it");
+    }
+    let started = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(true));
+
+    let proxy_router = proxy::router(ProxyState {
+        guard: guard.clone(),
+        openai,
+        metrics: metrics.clone(),
+        store: store.clone(),
+        max_request_body_bytes: config.max_request_body_bytes,
+        passthrough_unknown_paths: config.passthrough_unknown_paths,
+    });
+    let admin_router = health::router(AdminState {
+        guard,
+        store,
+        metrics,
+        started: started.clone(),
+        ready: ready.clone(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let proxy_task = tokio::spawn(run_server(
+        proxy_listener,
+        proxy_router,
+        shutdown_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(run_server(admin_listener, admin_router, shutdown_rx));
+    started.store(true, Ordering::Release);
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        upstream = %config.openai.base_url,
+        "agent-sidecar started"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; draining connections");
+    ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    for task in [proxy_task, admin_task] {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("server task failed: {e}")),
+        }
+    }
+    tracing::info!("agent-sidecar stopped");
+    Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr, field: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot bind {field} address {address}: {e}; choose a free port"))
+}
+
+async fn run_server(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// 32 random bytes from the operating system.
+fn random_key() -> Result<[u8; 32], String> {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| format!("cannot read /dev/urandom for the hash key: {e}"))?;
+    Ok(key)
+}

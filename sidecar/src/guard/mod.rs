@@ -1,0 +1,332 @@
+//! The guardrail engine: input, output and action checks over a compiled policy.
+//!
+//! The engine is transport-neutral. The proxy, the `check` command and later the gRPC API
+//! hand it text parts and tool calls; it returns a verdict, the transformed text and the
+//! findings. It never logs and never keeps the text it was given.
+
+pub mod action;
+pub mod pii;
+pub mod topic;
+pub mod verdict;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::policy::spec::{Decision, Direction, Mode, PiiAction};
+use crate::policy::{PiiBinding, Policy};
+use pii::{HashKey, PiiMatch};
+use topic::TopicMatch;
+pub use verdict::{Finding, FindingKind, Outcome, Verdict};
+
+/// Separator placed between content parts before topic matching, so that a phrase split
+/// across two parts is found while words at the seam stay apart.
+const PART_SEPARATOR: &str = "\n";
+
+/// The result of checking one piece of content made of one or more text parts.
+#[derive(Debug)]
+pub struct ContentCheck {
+    pub verdict: Verdict,
+    /// The rewritten text of each part, `None` where the part is unchanged.
+    pub transformed: Vec<Option<String>>,
+    pub findings: Vec<Finding>,
+}
+
+impl ContentCheck {
+    /// The text of part `index` after transformation.
+    pub fn text<'a>(&'a self, index: usize, original: &'a str) -> &'a str {
+        self.transformed
+            .get(index)
+            .and_then(Option::as_deref)
+            .unwrap_or(original)
+    }
+}
+
+/// The result of checking one tool call.
+#[derive(Debug)]
+pub struct ActionCheck {
+    pub verdict: Verdict,
+    pub findings: Vec<Finding>,
+}
+
+/// A policy plus the runtime secrets its transformations need.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    policy: Arc<Policy>,
+    hash_key: Arc<HashKey>,
+}
+
+impl Guard {
+    pub fn new(policy: Arc<Policy>, hash_key: Arc<HashKey>) -> Guard {
+        Guard { policy, hash_key }
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Checks one piece of content (a message's text, given as its parts) in `direction`:
+    /// denied topics on the joined parts, PII on each part.
+    pub fn check_content(&self, direction: Direction, parts: &[&str]) -> ContentCheck {
+        let mut findings = Vec::new();
+        let mut verdict = Verdict::Allow;
+
+        if !self.policy.topics.is_empty() {
+            let mut matches = Vec::new();
+            let joined = JoinedParts::new(parts);
+            self.policy
+                .topics
+                .find(joined.text(), Some(direction), &mut matches);
+            for m in matches {
+                let rule = &self.policy.topics.rules()[m.rule];
+                let finding =
+                    joined.finding(m, rule.id.clone(), FindingKind::Topic, rule.mode, direction);
+                verdict.merge(Verdict::from_finding(&finding));
+                findings.push(finding);
+            }
+        }
+
+        let mut transformed = vec![None; parts.len()];
+        if let Some(scanner) = &self.policy.pii.scanner {
+            let mut matches = Vec::new();
+            for (index, part) in parts.iter().enumerate() {
+                matches.clear();
+                scanner.scan(part, &mut matches);
+                if matches.is_empty() {
+                    continue;
+                }
+                transformed[index] = self.apply_pii(
+                    direction,
+                    index,
+                    part,
+                    &matches,
+                    &mut findings,
+                    &mut verdict,
+                );
+            }
+        }
+        ContentCheck {
+            verdict,
+            transformed,
+            findings,
+        }
+    }
+
+    /// Checks whether the input is on one of the allowed topics. Returns the off-topic
+    /// finding when the policy lists allowed topics and none matches.
+    pub fn check_on_topic(&self, parts: &[&str]) -> Option<Finding> {
+        let allowed = self.policy.allowed_topics.as_ref()?;
+        let joined = JoinedParts::new(parts);
+        if allowed.matches_any(joined.text()) {
+            return None;
+        }
+        Some(Finding {
+            rule: self.policy.off_topic_rule.clone(),
+            kind: FindingKind::OffTopic,
+            entity: None,
+            outcome: Outcome::Block,
+            mode: self.policy.off_topic_mode,
+            direction: Direction::Input,
+            part: None,
+            start: None,
+            end: None,
+            tool: None,
+            detail: None,
+        })
+    }
+
+    /// Checks a tool call against the action rules. `arguments` is `None` when the call's
+    /// arguments are not valid JSON; constraints then fail.
+    pub fn check_action(
+        &self,
+        direction: Direction,
+        tool: &str,
+        arguments: Option<&Value>,
+    ) -> ActionCheck {
+        let mut verdict = Verdict::Allow;
+        let mut findings = Vec::new();
+        for outcome in self.policy.actions.evaluate(tool, arguments) {
+            let mapped = match outcome.decision {
+                Decision::Allow => Outcome::Allow,
+                Decision::Deny => Outcome::Block,
+                Decision::Escalate => Outcome::Escalate,
+            };
+            let finding = Finding {
+                rule: outcome.rule,
+                kind: FindingKind::Action,
+                entity: None,
+                outcome: mapped,
+                mode: outcome.mode,
+                direction,
+                part: None,
+                start: None,
+                end: None,
+                tool: Some(tool.to_owned()),
+                detail: outcome.violation,
+            };
+            verdict.merge(Verdict::from_finding(&finding));
+            findings.push(finding);
+        }
+        ActionCheck { verdict, findings }
+    }
+
+    /// Returns the rule that denies `tool` whatever its arguments, if any.
+    pub fn tool_denied_outright(&self, tool: &str) -> Option<Arc<str>> {
+        self.policy.actions.denied_outright(tool)
+    }
+
+    fn apply_pii(
+        &self,
+        direction: Direction,
+        part: usize,
+        text: &str,
+        matches: &[PiiMatch],
+        findings: &mut Vec<Finding>,
+        verdict: &mut Verdict,
+    ) -> Option<String> {
+        let Some(scanner) = &self.policy.pii.scanner else {
+            return None;
+        };
+        let mut output = String::with_capacity(text.len());
+        let mut copied = 0;
+        let mut changed = false;
+        for m in matches {
+            let Some(binding) = self.policy.pii.bindings.get(&m.entity) else {
+                continue;
+            };
+            let action = match direction {
+                Direction::Input => binding.input,
+                Direction::Output => binding.output,
+            };
+            if action == PiiAction::Allow {
+                continue;
+            }
+            let entity_name = scanner.entity_name(m.entity);
+            let outcome = match action {
+                PiiAction::Block => Outcome::Block,
+                PiiAction::Redact => Outcome::Redact,
+                PiiAction::Mask => Outcome::Mask,
+                PiiAction::Hash | PiiAction::Pseudonymize => Outcome::Hash,
+                PiiAction::Allow => Outcome::Allow,
+            };
+            let finding = Finding {
+                rule: binding.rule.clone(),
+                kind: FindingKind::Pii,
+                entity: Some(Arc::from(entity_name)),
+                outcome,
+                mode: binding.mode,
+                direction,
+                part: Some(part),
+                start: Some(m.start),
+                end: Some(m.end),
+                tool: None,
+                detail: None,
+            };
+            verdict.merge(Verdict::from_finding(&finding));
+            findings.push(finding);
+
+            if binding.mode == Mode::Monitor || action == PiiAction::Block {
+                continue;
+            }
+            let value = &text[m.start..m.end];
+            output.push_str(&text[copied..m.start]);
+            output.push_str(&self.replacement(binding, action, entity_name, value));
+            copied = m.end;
+            changed = true;
+        }
+        if !changed {
+            return None;
+        }
+        output.push_str(&text[copied..]);
+        Some(output)
+    }
+
+    fn replacement(
+        &self,
+        binding: &PiiBinding,
+        action: PiiAction,
+        entity_name: &str,
+        value: &str,
+    ) -> String {
+        match action {
+            PiiAction::Mask => pii::mask(value, binding.mask_keep, binding.mask_char),
+            PiiAction::Hash | PiiAction::Pseudonymize => self.hash_key.token(entity_name, value),
+            PiiAction::Redact | PiiAction::Block | PiiAction::Allow => {
+                pii::redact_placeholder(entity_name)
+            }
+        }
+    }
+}
+
+/// Parts joined with `PART_SEPARATOR`, with the map from joined offsets back to parts.
+struct JoinedParts<'a> {
+    joined: std::borrow::Cow<'a, str>,
+    /// Start offset of each part in the joined text.
+    starts: Vec<usize>,
+    lengths: Vec<usize>,
+}
+
+impl<'a> JoinedParts<'a> {
+    fn new(parts: &[&'a str]) -> Self {
+        let lengths = parts.iter().map(|p| p.len()).collect();
+        if let [single] = parts {
+            return JoinedParts {
+                joined: std::borrow::Cow::Borrowed(single),
+                starts: vec![0],
+                lengths,
+            };
+        }
+        let mut joined = String::new();
+        let mut starts = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                joined.push_str(PART_SEPARATOR);
+            }
+            starts.push(joined.len());
+            joined.push_str(part);
+        }
+        JoinedParts {
+            joined: std::borrow::Cow::Owned(joined),
+            starts,
+            lengths,
+        }
+    }
+
+    fn text(&self) -> &str {
+        &self.joined
+    }
+
+    /// A finding for a match in the joined text, attributed to the part it starts in,
+    /// with its end clamped to that part.
+    fn finding(
+        &self,
+        m: TopicMatch,
+        rule: Arc<str>,
+        kind: FindingKind,
+        mode: Mode,
+        direction: Direction,
+    ) -> Finding {
+        let part = self
+            .starts
+            .iter()
+            .rposition(|&start| start <= m.start)
+            .unwrap_or(0);
+        let part_start = self.starts.get(part).copied().unwrap_or(0);
+        let part_len = self.lengths.get(part).copied().unwrap_or(0);
+        let start = (m.start - part_start).min(part_len);
+        let end = (m.end - part_start).min(part_len);
+        Finding {
+            rule,
+            kind,
+            entity: None,
+            outcome: Outcome::Block,
+            mode,
+            direction,
+            part: Some(part),
+            start: Some(start),
+            end: Some(end),
+            tool: None,
+            detail: None,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Guardrail policies: the `GuardrailPolicy` resource, reading it from files, validating
+//! it and compiling it into the form the guard engine runs.
+
+pub mod compile;
+pub mod load;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::guard::action::ActionPolicy;
+use crate::guard::pii::{Entity, Scanner};
+use crate::guard::topic::TopicSet;
+pub use load::{PolicyError, PolicyErrors};
+use spec::{BlockResponse, Mode, PiiAction};
+
+/// Refusal text used when the policy sets none.
+pub const DEFAULT_REFUSAL: &str = "Sorry, I can't help with that request.";
+
+/// Which policy made a decision: attached to logs, readiness detail and metrics so that
+/// two versions of a policy can be told apart.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyIdentity {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// First 12 hex digits of the SHA-256 of the policy's source text.
+    pub hash: String,
+    /// File or directory the policy was read from.
+    pub source: String,
+}
+
+/// A PII rule as the engine applies it to one entity.
+#[derive(Debug)]
+pub struct PiiBinding {
+    pub rule: Arc<str>,
+    pub mode: Mode,
+    pub input: PiiAction,
+    pub output: PiiAction,
+    pub mask_keep: usize,
+    pub mask_char: char,
+}
+
+/// The compiled PII section: one scanner for every entity some rule names, and the rule
+/// that owns each entity.
+#[derive(Debug)]
+pub struct PiiPolicy {
+    pub scanner: Option<Scanner>,
+    pub bindings: HashMap<Entity, Arc<PiiBinding>>,
+}
+
+/// A validated, compiled policy. Immutable: a reload builds a new one.
+#[derive(Debug)]
+pub struct Policy {
+    pub identity: PolicyIdentity,
+    pub on_block: BlockResponse,
+    pub refusal: String,
+    pub topics: TopicSet,
+    /// Present when the policy lists allowed topics.
+    pub allowed_topics: Option<TopicSet>,
+    pub off_topic_rule: Arc<str>,
+    pub off_topic_mode: Mode,
+    pub actions: ActionPolicy,
+    pub pii: PiiPolicy,
+    pub rule_count: usize,
+}
+
+impl Policy {
+    /// Loads and compiles the policy at `path` (file or directory).
+    pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
+        let sources = load::read_sources(path)?;
+        let (document, _) = load::parse_sources(&sources)?;
+        let combined: String = sources.iter().map(|s| s.text.as_str()).collect();
+        compile::compile(
+            &document,
+            identity(&document, &combined, &path.display().to_string()),
+        )
+    }
+
+    /// Compiles the policy embedded in the binary.
+    pub fn embedded_default() -> Result<Policy, PolicyErrors> {
+        let sources = [load::PolicySource {
+            name: load::EMBEDDED_SOURCE.to_owned(),
+            text: load::EMBEDDED_DEFAULT.to_owned(),
+        }];
+        let (document, _) = load::parse_sources(&sources)?;
+        compile::compile(
+            &document,
+            identity(&document, load::EMBEDDED_DEFAULT, load::EMBEDDED_SOURCE),
+        )
+    }
+
+    /// Loads `path` when given, else the embedded default.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Policy, PolicyErrors> {
+        match path {
+            Some(path) => Policy::load(path),
+            None => Policy::embedded_default(),
+        }
+    }
+}
+
+fn identity(document: &spec::GuardrailPolicy, text: &str, source: &str) -> PolicyIdentity {
+    let digest = Sha256::digest(text.as_bytes());
+    PolicyIdentity {
+        name: document.metadata.name.clone(),
+        generation: document.metadata.generation,
+        hash: hex::encode(&digest[..6]),
+        source: source.to_owned(),
+    }
+}

@@ -1,0 +1,146 @@
+//! Errors of the model proxy and their one mapping to an HTTP status, a provider-format
+//! error body and a metric label.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::dialect::InvalidRequest;
+
+/// Everything that can go wrong while proxying one request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidRequest(InvalidRequest),
+    #[error("request body is larger than the limit of {limit_bytes} bytes")]
+    RequestTooLarge { limit_bytes: usize },
+    #[error("failed to read the request body: {0}")]
+    RequestBody(String),
+    #[error(
+        "unknown path {path}; this sidecar serves POST /v1/chat/completions and GET /v1/models"
+    )]
+    UnknownPath { path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("request blocked by guardrail policy: rule {rule:?} ({kind})")]
+    Blocked { rule: String, kind: &'static str },
+    #[error("request requires approval under guardrail policy: rule {rule:?} ({kind})")]
+    ApprovalRequired { rule: String, kind: &'static str },
+    #[error("upstream {provider} is unavailable: {reason}")]
+    UpstreamUnavailable {
+        provider: &'static str,
+        reason: String,
+    },
+    #[error("upstream {provider} did not respond within {timeout_secs} s")]
+    UpstreamTimeout {
+        provider: &'static str,
+        timeout_secs: u64,
+    },
+    #[error("upstream {provider} returned a response the sidecar cannot guard: {reason}")]
+    UpstreamInvalid {
+        provider: &'static str,
+        reason: String,
+    },
+    #[error("upstream {provider} response is larger than the limit of {limit_bytes} bytes")]
+    UpstreamTooLarge {
+        provider: &'static str,
+        limit_bytes: usize,
+    },
+}
+
+impl ProxyError {
+    /// HTTP status, OpenAI error `type`, error `code`: one exhaustive mapping.
+    pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ProxyError::InvalidJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+            ),
+            ProxyError::InvalidRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+            ),
+            ProxyError::RequestTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+            ),
+            ProxyError::RequestBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_body",
+            ),
+            ProxyError::UnknownPath { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown_path",
+            ),
+            ProxyError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            ProxyError::Blocked { .. } => (
+                StatusCode::FORBIDDEN,
+                "guardrail_violation",
+                "blocked_by_policy",
+            ),
+            ProxyError::ApprovalRequired { .. } => (
+                StatusCode::FORBIDDEN,
+                "guardrail_violation",
+                "approval_required",
+            ),
+            ProxyError::UpstreamUnavailable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unavailable",
+            ),
+            ProxyError::UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+            ),
+            ProxyError::UpstreamInvalid { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_invalid_response",
+            ),
+            ProxyError::UpstreamTooLarge { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_response_too_large",
+            ),
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ProxyError::InvalidRequest(invalid) => invalid.param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The error as an OpenAI-style JSON body.
+    pub fn to_openai_body(&self) -> serde_json::Value {
+        let (_, kind, code) = self.classify();
+        json!({
+            "error": {
+                "message": self.to_string(),
+                "type": kind,
+                "code": code,
+                "param": self.param(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, _, _) = self.classify();
+        (status, axum::Json(self.to_openai_body())).into_response()
+    }
+}

@@ -1,0 +1,392 @@
+//! Handlers for the OpenAI-compatible API.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::error::ProxyError;
+use super::upstream::UpstreamResponse;
+use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, conversation_id, read_body};
+use crate::dialect::openai::{self as dialect, Evaluation, ParseError};
+use crate::guard::Verdict;
+use crate::policy::spec::BlockResponse;
+use crate::state::Turn;
+
+const ROUTE_CHAT: &str = "chat_completions";
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(state): State<ProxyState>, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let response = match handle_chat(&state, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(code = error.classify().2, "chat completion request failed");
+            error.into_response()
+        }
+    };
+    state
+        .metrics
+        .record_request(ROUTE_CHAT, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Response, ProxyError> {
+    let query = request.uri().query().map(str::to_owned);
+    let headers = request.headers().clone();
+    let conversation = conversation_id(&headers);
+    let body = read_body(request, state.max_request_body_bytes).await?;
+    let mut chat = dialect::parse_request(&body).map_err(|e| match e {
+        ParseError::Json(message) => ProxyError::InvalidJson(message),
+        ParseError::Schema(invalid) => ProxyError::InvalidRequest(invalid),
+    })?;
+
+    let guard = state.guard.clone();
+    let policy = guard.policy().clone();
+    let policy_label = policy.identity.name.as_str();
+    let input = dialect::guard_request(&guard, &mut chat);
+    state.metrics.record_findings(policy_label, &input.findings);
+    tracing::debug!(
+        model = %chat.model,
+        verdict = input.verdict.as_str(),
+        findings = input.findings.len(),
+        policy = %policy.identity.name,
+        "input guardrails evaluated"
+    );
+    if let Some(block) = Block::from_verdict(&input.verdict) {
+        return Ok(blocked(state, &chat.model, chat.stream, block, None)?);
+    }
+
+    let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
+        ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
+            param: None,
+            message: format!("cannot encode the guarded request: {e}"),
+        })
+    })?);
+    let upstream = state
+        .openai
+        .send(
+            Method::POST,
+            "chat/completions",
+            query.as_deref(),
+            &headers,
+            Some(forwarded),
+            &state.metrics,
+        )
+        .await?;
+    if !upstream.status.is_success() {
+        // Provider errors already have the provider's shape; pass them on unchanged.
+        return Ok(passthrough(upstream));
+    }
+
+    let streamed = upstream.is_event_stream();
+    let mut completion = if streamed {
+        assemble_stream(&upstream.body)?
+    } else {
+        let value = serde_json::from_slice::<Value>(&upstream.body).map_err(|e| {
+            ProxyError::UpstreamInvalid {
+                provider: state.openai.name,
+                reason: format!("response is not JSON: {e}"),
+            }
+        })?;
+        Collected(value, None)
+    };
+    let output = dialect::guard_response(&guard, &mut completion.0);
+    state
+        .metrics
+        .record_findings(policy_label, &output.findings);
+    tracing::debug!(
+        model = %chat.model,
+        verdict = output.verdict.as_str(),
+        findings = output.findings.len(),
+        policy = %policy.identity.name,
+        "output guardrails evaluated"
+    );
+    if let Some(block) = Block::from_verdict(&output.verdict) {
+        return Ok(blocked(
+            state,
+            &chat.model,
+            streamed,
+            block,
+            Some(completion.0),
+        )?);
+    }
+
+    if let Some(id) = conversation {
+        state.store.append(
+            &id,
+            Turn {
+                model: chat.model.clone(),
+                request: dialect::request_messages(&chat),
+                response: dialect::response_message(&completion.0),
+                policy: format!("{}@{}", policy.identity.name, policy.identity.hash),
+            },
+        );
+    }
+
+    let verdict = combined(&input, &output);
+    if streamed {
+        return Ok(event_stream(&completion.0, completion.1, verdict, None));
+    }
+    let mut response = json_response(upstream.status, &completion.0);
+    copy_provider_headers(&upstream.headers, response.headers_mut());
+    set_header(response.headers_mut(), VERDICT_HEADER, verdict);
+    Ok(response)
+}
+
+/// A streamed body collected into a completion, plus an in-stream error to re-emit.
+struct Collected(Value, Option<Value>);
+
+fn assemble_stream(body: &[u8]) -> Result<Collected, ProxyError> {
+    let text = std::str::from_utf8(body).map_err(|_| ProxyError::UpstreamInvalid {
+        provider: "openai",
+        reason: "event stream is not UTF-8".to_owned(),
+    })?;
+    let mut assembly = dialect::StreamAssembly::default();
+    for event in crate::sse::parse(text) {
+        if event.data == "[DONE]" {
+            break;
+        }
+        let chunk: Value =
+            serde_json::from_str(&event.data).map_err(|e| ProxyError::UpstreamInvalid {
+                provider: "openai",
+                reason: format!("stream event is not JSON: {e}"),
+            })?;
+        assembly.push(&chunk);
+    }
+    let error = assembly.error.take();
+    Ok(Collected(assembly.to_completion(), error))
+}
+
+fn combined(input: &Evaluation, output: &Evaluation) -> &'static str {
+    let mut verdict = input.verdict.clone();
+    verdict.merge(output.verdict.clone());
+    verdict.as_str()
+}
+
+/// The rule behind a blocking verdict.
+struct Block {
+    rule: String,
+    kind: &'static str,
+    escalate: bool,
+}
+
+impl Block {
+    fn from_verdict(verdict: &Verdict) -> Option<Block> {
+        match verdict {
+            Verdict::Block { rule, kind } => Some(Block {
+                rule: rule.to_string(),
+                kind: kind.as_str(),
+                escalate: false,
+            }),
+            Verdict::Escalate { rule, kind } => Some(Block {
+                rule: rule.to_string(),
+                kind: kind.as_str(),
+                escalate: true,
+            }),
+            Verdict::Allow | Verdict::Transform => None,
+        }
+    }
+}
+
+/// Answers a blocked request or response as the policy says: a refusal in the shape the
+/// client asked for (JSON or an event stream), or an error.
+fn blocked(
+    state: &ProxyState,
+    model: &str,
+    streamed: bool,
+    block: Block,
+    upstream_completion: Option<Value>,
+) -> Result<Response, ProxyError> {
+    let Block {
+        rule,
+        kind,
+        escalate,
+    } = block;
+    tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
+    let policy = state.guard.policy();
+    if policy.on_block == BlockResponse::Error {
+        return Err(if escalate {
+            ProxyError::ApprovalRequired { rule, kind }
+        } else {
+            ProxyError::Blocked { rule, kind }
+        });
+    }
+    let completion = match upstream_completion {
+        Some(mut completion) => {
+            dialect::replace_with_refusal(&mut completion, &policy.refusal);
+            completion
+        }
+        None => dialect::refusal_completion(model, &policy.refusal),
+    };
+    let mut response = if streamed {
+        event_stream(&completion, None, "block", Some(&rule))
+    } else {
+        json_response(StatusCode::OK, &completion)
+    };
+    set_header(response.headers_mut(), VERDICT_HEADER, "block");
+    set_header(response.headers_mut(), BLOCKED_RULE_HEADER, &rule);
+    Ok(response)
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    let mut response = (status, axum::Json(value)).into_response();
+    *response.status_mut() = status;
+    response
+}
+
+/// Re-emits a completion as an event stream ending with `[DONE]`, or with the upstream's
+/// error event when the stream carried one.
+fn event_stream(
+    completion: &Value,
+    error: Option<Value>,
+    verdict: &str,
+    rule: Option<&str>,
+) -> Response {
+    let mut body = String::new();
+    for chunk in dialect::completion_to_chunks(completion) {
+        crate::sse::encode_data(&chunk.to_string(), &mut body);
+    }
+    match error {
+        Some(error) => crate::sse::encode_data(&error.to_string(), &mut body),
+        None => crate::sse::encode_data("[DONE]", &mut body),
+    }
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    set_header(headers, VERDICT_HEADER, verdict);
+    if let Some(rule) = rule {
+        set_header(headers, BLOCKED_RULE_HEADER, rule);
+    }
+    response
+}
+
+fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// Provider headers worth keeping on a rewritten response: request ids and rate limits.
+fn copy_provider_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let name_str = name.as_str();
+        if name_str.starts_with("x-ratelimit-")
+            || name_str == "x-request-id"
+            || name_str == "openai-processing-ms"
+            || name_str == "openai-version"
+        {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// An upstream response returned as it came, minus hop-by-hop headers.
+fn passthrough(upstream: UpstreamResponse) -> Response {
+    let mut response = Response::new(Body::from(upstream.body));
+    *response.status_mut() = upstream.status;
+    for (name, value) in &upstream.headers {
+        if matches!(
+            name,
+            &header::CONNECTION | &header::TRANSFER_ENCODING | &header::CONTENT_LENGTH
+        ) {
+            continue;
+        }
+        response.headers_mut().append(name.clone(), value.clone());
+    }
+    response
+}
+
+/// `GET /v1/models` and `GET /v1/models/{model}`: listings carry no conversation
+/// content, so they pass through.
+pub async fn models(State(state): State<ProxyState>, uri: Uri, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let path = uri.path().trim_start_matches("/v1/");
+    let response = match state
+        .openai
+        .send(
+            Method::GET,
+            path,
+            uri.query(),
+            &headers,
+            None,
+            &state.metrics,
+        )
+        .await
+    {
+        Ok(upstream) => passthrough(upstream),
+        Err(error) => error.into_response(),
+    };
+    state
+        .metrics
+        .record_request("models", response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Any other `/v1/` path: rejected unless the configuration passes such paths through
+/// unchecked.
+pub async fn other_v1_path(State(state): State<ProxyState>, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let response = if state.passthrough_unknown_paths {
+        forward_unchecked(&state, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    } else {
+        ProxyError::UnknownPath {
+            path: request.uri().path().to_owned(),
+        }
+        .into_response()
+    };
+    state
+        .metrics
+        .record_request("other", response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn forward_unchecked(
+    state: &ProxyState,
+    request: Request<Body>,
+) -> Result<Response, ProxyError> {
+    let method = request.method().clone();
+    let path = request.uri().path().trim_start_matches("/v1/").to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let headers = request.headers().clone();
+    let body = read_body(request, state.max_request_body_bytes).await?;
+    tracing::debug!(path = %path, "forwarding unguarded path");
+    let upstream = state
+        .openai
+        .send(
+            method,
+            &path,
+            query.as_deref(),
+            &headers,
+            Some(body),
+            &state.metrics,
+        )
+        .await?;
+    Ok(passthrough(upstream))
+}
+
+/// Paths outside `/v1/`.
+pub async fn unknown_path(uri: Uri) -> Response {
+    ProxyError::UnknownPath {
+        path: uri.path().to_owned(),
+    }
+    .into_response()
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ProxyError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
+}

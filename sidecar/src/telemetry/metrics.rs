@@ -1,0 +1,174 @@
+//! Prometheus metric families, all defined here so names, units and labels stay
+//! consistent. Labels never carry conversation ids, user ids or message content.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::guard::Finding;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub rule: String,
+    pub kind: String,
+    pub direction: String,
+    pub outcome: String,
+    pub mode: String,
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub provider: String,
+    pub outcome: String,
+}
+
+/// Every metric the sidecar exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabels, Histogram>,
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    upstream_duration: Family<RouteLabels, Histogram>,
+    policy_rules: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 microseconds to about 105 seconds: covers the sidecar's own overhead and
+    // long streamed completions.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("agent_sidecar");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "guardrail_decisions",
+            "Guardrail rule matches by rule, kind, direction, outcome and mode",
+            decisions.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests served by the model proxy, by route and HTTP status",
+            requests.clone(),
+        );
+        let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from request received to response headers sent by the model proxy",
+            prometheus_client::registry::Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Requests sent to model providers, by provider and outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Time from sending a request to a provider to receiving its whole response",
+            prometheus_client::registry::Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let policy_rules = Gauge::default();
+        registry.register(
+            "policy_rules",
+            "Rules in the loaded guardrail policy",
+            policy_rules.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            decisions,
+            requests,
+            request_duration,
+            upstream_requests,
+            upstream_duration,
+            policy_rules,
+        })
+    }
+
+    /// Counts each finding as one guardrail decision.
+    pub fn record_findings(&self, policy: &str, findings: &[Finding]) {
+        for finding in findings {
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    rule: finding.rule.to_string(),
+                    kind: finding.kind.as_str().to_owned(),
+                    direction: finding.direction.as_str().to_owned(),
+                    outcome: finding.outcome.as_str().to_owned(),
+                    mode: finding.mode.as_str().to_owned(),
+                    policy: policy.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_upstream(&self, provider: &str, outcome: &str, elapsed: Duration) {
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                provider: provider.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&RouteLabels {
+                route: provider.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_policy_rules(&self, count: usize) {
+        self.policy_rules
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Renders the registry in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
