@@ -80,7 +80,7 @@ impl TopicSet {
                     ascii_phrases.push(phrase);
                     phrase_rule.push(index);
                 } else {
-                    let words: Vec<String> = phrase.split(' ').map(|w| regex::escape(w)).collect();
+                    let words: Vec<String> = phrase.split(' ').map(regex::escape).collect();
                     let pattern = format!(r"(?i)(?:^|\b){}(?:\b|$)", words.join(r"\s+"));
                     regexes.push((index, Regex::new(&pattern)?));
                 }

@@ -58,7 +58,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         "input guardrails evaluated"
     );
     if let Some(block) = Block::from_verdict(&input.verdict) {
-        return Ok(blocked(state, &chat.model, chat.stream, block, None)?);
+        return blocked(state, &chat.model, chat.stream, block, None);
     }
 
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
@@ -107,13 +107,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         "output guardrails evaluated"
     );
     if let Some(block) = Block::from_verdict(&output.verdict) {
-        return Ok(blocked(
-            state,
-            &chat.model,
-            streamed,
-            block,
-            Some(completion.0),
-        )?);
+        return blocked(state, &chat.model, streamed, block, Some(completion.0));
     }
 
     if let Some(id) = conversation {
