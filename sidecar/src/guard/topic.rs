@@ -1,8 +1,8 @@
 //! Topic matching: literal phrases with aho-corasick and regular expressions.
 //!
-//! Phrases match case-insensitively on word boundaries, and any run of whitespace in the
-//! text matches the single space between a phrase's words, so a phrase split across a
-//! line break or across two content parts joined with a newline is still found. ASCII
+//! Phrases match case-insensitively on word boundaries. Any run of whitespace in the text
+//! matches the single space between a phrase's words, so a phrase split across a line
+//! break, or across two content parts joined with a newline, is still found. ASCII
 //! phrases go through one aho-corasick automaton; a phrase with non-ASCII letters becomes
 //! a Unicode case-insensitive regex, because aho-corasick folds ASCII case only.
 
@@ -41,7 +41,7 @@ pub struct TopicDefinition {
     pub patterns: Vec<Regex>,
 }
 
-/// Where a topic rule matched, as byte offsets into the scanned text.
+/// A topic rule's match, as byte offsets into the scanned text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TopicMatch {
     pub rule: usize,
@@ -151,7 +151,7 @@ impl TopicSet {
         );
     }
 
-    /// Whether any rule matches `text`, whatever its direction settings.
+    /// Returns true when any rule matches `text`, whatever its direction settings.
     pub fn matches_any(&self, text: &str) -> bool {
         let mut found = Vec::new();
         self.find(text, None, &mut found);

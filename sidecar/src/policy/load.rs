@@ -25,7 +25,7 @@ pub struct PolicyError {
     /// Path inside the document, such as `spec.topics[1].patterns[0]`; empty for the
     /// whole document.
     pub path: String,
-    /// What is wrong and what is allowed.
+    /// Description of the problem and of what is allowed.
     pub message: String,
 }
 

@@ -124,7 +124,7 @@ impl ProxyError {
         }
     }
 
-    /// The error as an OpenAI-style JSON body.
+    /// Renders the error as an OpenAI-style JSON body.
     pub fn to_openai_body(&self) -> serde_json::Value {
         let (_, kind, code) = self.classify();
         json!({

@@ -26,10 +26,10 @@ pub const CONVERSATION_ID_HEADER: &str = "x-agent-conversation-id";
 pub const VERDICT_HEADER: &str = "x-agent-sidecar-verdict";
 /// Response header naming the rule that blocked a request or response.
 pub const BLOCKED_RULE_HEADER: &str = "x-agent-sidecar-blocked-rule";
-/// Longest conversation id accepted; longer ids are ignored rather than stored.
+/// Maximum conversation id length; longer ids are ignored rather than stored.
 const MAX_CONVERSATION_ID_LEN: usize = 256;
 
-/// What every proxy handler shares.
+/// State shared by every proxy handler.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
     pub guard: Arc<Guard>,
@@ -83,7 +83,7 @@ async fn read_body(request: Request<Body>, limit_bytes: usize) -> Result<Bytes, 
     }
 }
 
-/// The conversation id from the request headers, when present and usable.
+/// Reads the conversation id from the request headers, when present and usable.
 fn conversation_id(headers: &axum::http::HeaderMap) -> Option<String> {
     let value = headers.get(CONVERSATION_ID_HEADER)?.to_str().ok()?.trim();
     (!value.is_empty() && value.len() <= MAX_CONVERSATION_ID_LEN).then(|| value.to_owned())

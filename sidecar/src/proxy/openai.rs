@@ -187,8 +187,8 @@ impl Block {
     }
 }
 
-/// Answers a blocked request or response as the policy says: a refusal in the shape the
-/// client asked for (JSON or an event stream), or an error.
+/// Builds the reply to a blocked request or response. The policy chooses a refusal, in the
+/// shape the client requested (JSON or an event stream), or an error.
 fn blocked(
     state: &ProxyState,
     model: &str,
@@ -283,7 +283,7 @@ fn copy_provider_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// An upstream response returned as it came, minus hop-by-hop headers.
+/// Returns an upstream response unchanged, minus hop-by-hop headers.
 fn passthrough(upstream: UpstreamResponse) -> Response {
     let mut response = Response::new(Body::from(upstream.body));
     *response.status_mut() = upstream.status;

@@ -22,7 +22,7 @@ const NOT_FORWARDED: &[HeaderName] = &[
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
-    // The sidecar must read the body to guard it, so it asks for an uncompressed one.
+    // The sidecar must read the body to guard it, so it requests an uncompressed one.
     header::ACCEPT_ENCODING,
 ];
 
@@ -191,7 +191,7 @@ impl Upstream {
     }
 }
 
-/// The client's headers minus hop-by-hop and sidecar-only ones.
+/// Copies the client's headers, minus hop-by-hop and sidecar-only ones.
 fn forwardable_headers(client_headers: &HeaderMap) -> HeaderMap {
     let mut headers = client_headers.clone();
     for name in NOT_FORWARDED {

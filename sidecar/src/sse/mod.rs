@@ -1,9 +1,9 @@
 //! Server-sent events: parsing a complete event stream and encoding events.
 //!
-//! Parsing follows the WHATWG event-stream rules for a body that has been read whole:
-//! LF, CRLF and lone CR line endings, `data:` with or without one space after the colon,
-//! several `data` lines joined with `\n`, comment lines starting with `:`, and blocks
-//! without data producing no event.
+//! Parsing follows the WHATWG event-stream rules for a body that has been read whole. It
+//! accepts LF, CRLF and lone CR line endings, and `data:` with or without one space after
+//! the colon. Several `data` lines are joined with `\n`, comment lines start with `:`, and
+//! a block without data produces no event.
 //! TODO: the streaming guard needs an incremental decoder (events split across reads);
 //! this one takes the whole body.
 

@@ -1,16 +1,16 @@
 //! The in-memory conversation store.
 //!
-//! Bounded in two ways so that a long-running sidecar cannot grow without limit: at most
-//! `max_conversations` conversations (the least recently updated one is evicted when a
-//! new one would exceed it) and at most `max_turns_per_conversation` turns each (the
-//! oldest turn is dropped).
+//! The store is bounded so that a long-running sidecar cannot grow without limit. It keeps
+//! at most `max_conversations` conversations, evicting the least recently updated one
+//! when a new one would exceed that. Each conversation keeps at most
+//! `max_turns_per_conversation` turns, dropping the oldest.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::{ConversationStore, Turn};
 
-/// A pod's agent rarely holds more than a few hundred live conversations.
+/// Sized well above the few hundred live conversations a single agent pod typically has.
 pub const DEFAULT_MAX_CONVERSATIONS: usize = 10_000;
 /// Enough for long agent loops; older turns matter only through summaries.
 pub const DEFAULT_MAX_TURNS_PER_CONVERSATION: usize = 1_000;

@@ -64,7 +64,13 @@ pub(super) fn digit_run_end(bytes: &[u8], from: usize) -> usize {
 
 /// Returns the position of the first ASCII digit at or after `from`.
 pub(super) fn find_digit(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut block_start = from.min(bytes.len());
+    let from = from.min(bytes.len());
+    // Digit-heavy text has the next digit a few bytes away, so look there first.
+    let near_end = (from + DIGIT_SEARCH_BLOCK).min(bytes.len());
+    if let Some(offset) = bytes[from..near_end].iter().position(u8::is_ascii_digit) {
+        return Some(from + offset);
+    }
+    let mut block_start = near_end;
     while let Some(block) = bytes.get(block_start..block_start + DIGIT_SEARCH_BLOCK) {
         let has_digit = block
             .iter()

@@ -21,6 +21,11 @@ const MAX_GROUPS: usize = 5;
 /// Returns the end of the longest valid card number whose first digit group is the run
 /// starting at `start`. The caller has checked the boundary before `start`.
 pub(super) fn card_at(bytes: &[u8], start: usize) -> Option<usize> {
+    // Every layout starts with a group of 4 digits or is a single group of 13 to 19.
+    let first_len = digit_run_end(bytes, start) - start;
+    if first_len != 4 && !(MIN_DIGITS..=MAX_DIGITS).contains(&first_len) {
+        return None;
+    }
     let mut groups = [(0usize, 0usize); MAX_GROUPS];
     let mut count = 0;
     let mut total_digits = 0;
