@@ -6,6 +6,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod context;
 pub mod dialect;
 pub mod guard;
 pub mod health;
@@ -13,4 +14,6 @@ pub mod policy;
 pub mod proxy;
 pub mod sse;
 pub mod state;
+pub mod stream;
 pub mod telemetry;
+pub mod webhook;

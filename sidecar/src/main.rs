@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use agent_sidecar::cmd::{Cli, Command, check, policy, serve};
+use agent_sidecar::cmd::{Cli, Command, check, inject, policy, serve, wait_ready, webhook};
 use agent_sidecar::telemetry::init_logging;
 use clap::Parser;
 
@@ -13,5 +13,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
         Command::Policy { command } => policy::run(command),
+        Command::Inject(args) => inject::run(args),
+        Command::Webhook(args) => webhook::run(args),
+        Command::WaitReady(args) => wait_ready::run(args),
     }
 }

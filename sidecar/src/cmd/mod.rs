@@ -1,8 +1,11 @@
 //! Subcommands of the `agent-sidecar` binary.
 
 pub mod check;
+pub mod inject;
 pub mod policy;
 pub mod serve;
+pub mod wait_ready;
+pub mod webhook;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +39,12 @@ pub enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Add the sidecar to the workloads in a YAML manifest, without a cluster.
+    Inject(inject::InjectArgs),
+    /// Run the admission webhook that injects the sidecar into pods.
+    Webhook(webhook::WebhookArgs),
+    /// Wait until the sidecar reports ready (the classic-mode postStart hook).
+    WaitReady(wait_ready::WaitReadyArgs),
 }
 
 /// Exit status for a usage or configuration error.

@@ -1,4 +1,4 @@
-//! `agent-sidecar policy validate`.
+//! `agent-sidecar policy validate` and `agent-sidecar policy schema`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,11 +16,18 @@ pub enum PolicyCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Print the policy's JSON Schema, for editors and linters.
+    Schema {
+        /// Print the GuardrailPolicy CustomResourceDefinition (YAML) instead.
+        #[arg(long)]
+        crd: bool,
+    },
 }
 
 pub fn run(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Validate { paths } => validate(&paths),
+        PolicyCommand::Schema { crd } => schema(crd),
     }
 }
 
@@ -51,5 +58,34 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn schema(crd: bool) -> ExitCode {
+    let text = if crd {
+        match crate::webhook::crd::custom_resource_definition_yaml() {
+            Ok(yaml) => yaml,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let schema = crate::webhook::crd::policy_json_schema();
+        match serde_json::to_string_pretty(&schema) {
+            Ok(json) => json + "\n",
+            Err(error) => {
+                eprintln!("error: cannot encode the schema: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: cannot write the schema: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

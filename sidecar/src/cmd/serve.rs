@@ -135,13 +135,14 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let client = upstream::build_client(config.connect_timeout)
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let openai = upstream::Upstream::new(
+    let mut openai = upstream::Upstream::new(
         "openai",
         config.openai.clone(),
         client,
         config.request_timeout,
         config.max_response_body_bytes,
     );
+    openai.stream_idle_timeout = config.stream_idle_timeout;
 
     let proxy_listener = bind(config.listen, "listen").await?;
     let admin_listener = bind(config.admin_listen, "adminListen").await?;

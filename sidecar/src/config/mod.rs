@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::context::{CatalogEntry, ModelCatalog, ModelLimits};
+use crate::state::StoreSettings;
+use crate::state::redis::{RedisMode, RedisSettings};
+
 /// Model proxy address: loopback, so only containers in the pod reach it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:14100";
 /// Admin address: all interfaces, because the kubelet probes and Prometheus scrapes it
@@ -31,6 +35,16 @@ pub const DEFAULT_MAX_RESPONSE_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Long completions from reasoning models can take minutes.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 600;
+/// Reasoning models can think for minutes before their first streamed token.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Time a shutdown waits for buffered turns to reach Redis: well inside Kubernetes'
+/// default 30-second termination grace period, which also covers connection draining.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Longest accepted shutdown grace period, so a misconfiguration cannot hold a pod in
+/// `Terminating` for long.
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 300;
+/// Shortest accepted vault key: 32 bytes, as from `openssl rand -base64 32`.
+pub const MIN_VAULT_KEY_BYTES: usize = 32;
 
 /// The YAML configuration file as written by users.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -54,6 +68,74 @@ pub struct RawConfig {
     pub passthrough_unknown_paths: Option<bool>,
     #[serde(default)]
     pub pii: RawPii,
+    /// Redis connection details beyond the URL in `redisUrl`.
+    #[serde(default)]
+    pub redis: RawRedis,
+    /// Conversation store limits.
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub vault: RawVault,
+    /// Model catalog entries, consulted before the built-in ones.
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+}
+
+/// How the sidecar reaches Redis.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RawRedisMode {
+    #[default]
+    Standalone,
+    Cluster,
+    Sentinel,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRedis {
+    pub mode: Option<RawRedisMode>,
+    /// Cluster: more seed nodes. Sentinel: more sentinels. URLs like `redisUrl`.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Sentinel: the name of the monitored master.
+    pub sentinel_master_name: Option<String>,
+    /// Prefix of every key the sidecar writes.
+    pub key_prefix: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    /// Maximum time for one Redis command before the turn is buffered instead.
+    pub command_timeout_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawStore {
+    /// In-memory store: conversations kept before the least recently updated is evicted.
+    pub max_conversations: Option<usize>,
+    /// Turns kept per conversation; older ones are trimmed.
+    pub max_turns_per_conversation: Option<usize>,
+    /// Redis store: turns buffered while Redis is unreachable.
+    pub outage_buffer_turns: Option<usize>,
+    /// Redis store: bytes buffered while Redis is unreachable.
+    pub outage_buffer_bytes: Option<usize>,
+    /// Seconds a shutdown waits for buffered turns to reach Redis.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawVault {
+    /// File holding the pseudonym vault secret; `AGENT_SIDECAR_VAULT_KEY` otherwise.
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawModel {
+    /// Exact model name, or a prefix ending in `*` (`*` alone matches every model).
+    pub name: String,
+    pub context_window: u32,
+    pub max_output_tokens: u32,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -77,6 +159,8 @@ pub struct RawLimits {
 pub struct RawUpstream {
     pub connect_timeout_ms: Option<u64>,
     pub request_timeout_secs: Option<u64>,
+    /// Longest silence between two chunks of a streamed response.
+    pub stream_idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -141,8 +225,23 @@ pub struct Config {
     pub max_response_body_bytes: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub stream_idle_timeout: Duration,
     pub passthrough_unknown_paths: bool,
     pub hash_key: Option<Secret>,
+    pub store: StoreConfig,
+    /// Secret the pseudonym vault key is derived from.
+    pub vault_key: Option<(Secret, SecretSource)>,
+    pub models: ModelCatalog,
+}
+
+/// Where conversation state lives.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub settings: StoreSettings,
+    /// Set when `redisUrl` is; the in-memory store otherwise.
+    pub redis: Option<RedisSettings>,
+    /// Time a shutdown waits for buffered turns to reach Redis.
+    pub shutdown_grace: Duration,
 }
 
 /// Every problem found in the configuration.
@@ -232,15 +331,32 @@ impl Config {
             env,
             &mut errors,
         );
-        if let Some(url) = overrides.redis_url.or(raw.redis_url) {
-            if !url.is_empty() {
-                errors.push(
-                    "redisUrl is set, but this version keeps conversations only in the \
-                     in-memory store; unset redisUrl (AGENT_SIDECAR_REDIS_URL, --redis-url)"
-                        .to_owned(),
-                );
+        let redis_url = overrides
+            .redis_url
+            .or(raw.redis_url)
+            .filter(|u| !u.is_empty());
+        let store = resolve_store(redis_url, &raw.redis, &raw.store, &mut errors);
+        let vault_key = match &raw.vault.key_file {
+            Some(path) => read_secret_file("vault.keyFile", path, &mut errors)
+                .map(|secret| (secret, SecretSource::File)),
+            None => env
+                .var("AGENT_SIDECAR_VAULT_KEY")
+                .map(|key| (Secret(key.trim().to_owned()), SecretSource::Environment)),
+        };
+        if let Some((key, source)) = &vault_key {
+            if key.expose().len() < MIN_VAULT_KEY_BYTES {
+                let field = match source {
+                    SecretSource::File => "vault.keyFile",
+                    SecretSource::Environment => "AGENT_SIDECAR_VAULT_KEY",
+                };
+                errors.push(format!(
+                    "{field}: the vault key has {} bytes, fewer than {MIN_VAULT_KEY_BYTES}; \
+                     generate one with `openssl rand -base64 32`",
+                    key.expose().len()
+                ));
             }
         }
+        let models = resolve_models(&raw.models, &mut errors);
         let max_request_body_bytes = positive(
             "limits.maxRequestBodyBytes",
             raw.limits.max_request_body_bytes,
@@ -263,6 +379,12 @@ impl Config {
             "upstream.requestTimeoutSecs",
             raw.upstream.request_timeout_secs,
             DEFAULT_REQUEST_TIMEOUT_SECS,
+            &mut errors,
+        );
+        let stream_idle_timeout_secs = positive(
+            "upstream.streamIdleTimeoutSecs",
+            raw.upstream.stream_idle_timeout_secs,
+            DEFAULT_STREAM_IDLE_TIMEOUT_SECS,
             &mut errors,
         );
         let hash_key = match raw.pii.hash_key_file {
@@ -289,8 +411,12 @@ impl Config {
             max_response_body_bytes,
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             request_timeout: Duration::from_secs(request_timeout_secs),
+            stream_idle_timeout: Duration::from_secs(stream_idle_timeout_secs),
             passthrough_unknown_paths: raw.passthrough_unknown_paths.unwrap_or(false),
             hash_key,
+            store,
+            vault_key,
+            models,
         })
     }
 }
@@ -359,6 +485,211 @@ fn resolve_provider(
         base_url: base_url?,
         api_key,
     })
+}
+
+fn resolve_store(
+    redis_url: Option<String>,
+    redis: &RawRedis,
+    store: &RawStore,
+    errors: &mut Vec<String>,
+) -> StoreConfig {
+    let defaults = StoreSettings::default();
+    let settings = StoreSettings {
+        max_conversations: positive(
+            "store.maxConversations",
+            store.max_conversations,
+            defaults.max_conversations,
+            errors,
+        ),
+        max_turns_per_conversation: positive(
+            "store.maxTurnsPerConversation",
+            store.max_turns_per_conversation,
+            defaults.max_turns_per_conversation,
+            errors,
+        ),
+        outage_buffer_turns: positive(
+            "store.outageBufferTurns",
+            store.outage_buffer_turns,
+            defaults.outage_buffer_turns,
+            errors,
+        ),
+        outage_buffer_bytes: positive(
+            "store.outageBufferBytes",
+            store.outage_buffer_bytes,
+            defaults.outage_buffer_bytes,
+            errors,
+        ),
+    };
+    let grace_secs = store
+        .shutdown_grace_secs
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS);
+    if grace_secs > MAX_SHUTDOWN_GRACE_SECS {
+        errors.push(format!(
+            "store.shutdownGraceSecs: must be at most {MAX_SHUTDOWN_GRACE_SECS}, found {grace_secs}"
+        ));
+    }
+    let redis = resolve_redis(redis_url, redis, errors);
+    StoreConfig {
+        settings,
+        redis,
+        shutdown_grace: Duration::from_secs(grace_secs.min(MAX_SHUTDOWN_GRACE_SECS)),
+    }
+}
+
+fn resolve_redis(
+    url: Option<String>,
+    raw: &RawRedis,
+    errors: &mut Vec<String>,
+) -> Option<RedisSettings> {
+    let Some(url) = url else {
+        let configured = raw.mode.is_some()
+            || !raw.nodes.is_empty()
+            || raw.sentinel_master_name.is_some()
+            || raw.key_prefix.is_some()
+            || raw.connect_timeout_ms.is_some()
+            || raw.command_timeout_ms.is_some();
+        if configured {
+            errors.push(
+                "redis: settings are present but redisUrl is not set; set redisUrl \
+                 (AGENT_SIDECAR_REDIS_URL, --redis-url) or remove the redis section"
+                    .to_owned(),
+            );
+        }
+        return None;
+    };
+    let url_valid = check_redis_url("redisUrl", &url, errors);
+    for (i, node) in raw.nodes.iter().enumerate() {
+        check_redis_url(&format!("redis.nodes[{i}]"), node, errors);
+    }
+    let mode = match raw.mode.unwrap_or_default() {
+        RawRedisMode::Standalone => {
+            if !raw.nodes.is_empty() {
+                errors.push(
+                    "redis.nodes: only cluster and sentinel modes use more nodes; set \
+                     redis.mode or remove redis.nodes"
+                        .to_owned(),
+                );
+            }
+            RedisMode::Standalone
+        }
+        RawRedisMode::Cluster => RedisMode::Cluster {
+            nodes: raw.nodes.clone(),
+        },
+        RawRedisMode::Sentinel => match raw.sentinel_master_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => RedisMode::Sentinel {
+                master_name: name.to_owned(),
+                nodes: raw.nodes.clone(),
+            },
+            _ => {
+                errors.push(
+                    "redis.sentinelMasterName: missing; sentinel mode needs the name of the \
+                     monitored master, such as mymaster"
+                        .to_owned(),
+                );
+                RedisMode::Standalone
+            }
+        },
+    };
+    if raw.sentinel_master_name.is_some() && raw.mode != Some(RawRedisMode::Sentinel) {
+        errors.push(
+            "redis.sentinelMasterName: only sentinel mode uses it; set redis.mode: sentinel"
+                .to_owned(),
+        );
+    }
+    let key_prefix = raw
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| crate::state::redis::DEFAULT_KEY_PREFIX.to_owned());
+    if key_prefix.is_empty() || key_prefix.contains(['{', '}']) {
+        errors.push(format!(
+            "redis.keyPrefix: invalid prefix {key_prefix:?}; use a non-empty string without \
+             braces, which are reserved for the conversation's hash tag"
+        ));
+    }
+    let connect_timeout_ms = positive(
+        "redis.connectTimeoutMs",
+        raw.connect_timeout_ms,
+        crate::state::redis::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64,
+        errors,
+    );
+    let command_timeout_ms = positive(
+        "redis.commandTimeoutMs",
+        raw.command_timeout_ms,
+        crate::state::redis::DEFAULT_COMMAND_TIMEOUT.as_millis() as u64,
+        errors,
+    );
+    url_valid.then(|| RedisSettings {
+        url,
+        mode,
+        key_prefix,
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        command_timeout: Duration::from_millis(command_timeout_ms),
+    })
+}
+
+/// Checks a `redis://` or `rediss://` URL; errors never show its password.
+fn check_redis_url(field: &str, text: &str, errors: &mut Vec<String>) -> bool {
+    let example = "redis://[user:password@]host:6379[/db] or rediss:// for TLS";
+    let Ok(mut url) = reqwest::Url::parse(text) else {
+        errors.push(format!("{field}: not a valid URL; use {example}"));
+        return false;
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("redacted"));
+    }
+    let shown = url.to_string();
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        errors.push(format!(
+            "{field}: unsupported scheme in {shown:?}; use {example}"
+        ));
+        return false;
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        errors.push(format!("{field}: missing host in {shown:?}; use {example}"));
+        return false;
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        errors.push(format!(
+            "{field}: database {db:?} in {shown:?} is not a number; use {example}"
+        ));
+        return false;
+    }
+    true
+}
+
+fn resolve_models(models: &[RawModel], errors: &mut Vec<String>) -> ModelCatalog {
+    let mut entries = Vec::with_capacity(models.len());
+    for (i, model) in models.iter().enumerate() {
+        let path = format!("models[{i}]");
+        let name = model.name.trim();
+        let star_inside = name.trim_end_matches('*').contains('*');
+        if name.is_empty() || star_inside {
+            errors.push(format!(
+                "{path}.name: invalid name {name:?}; use a model name, or a prefix ending in *"
+            ));
+            continue;
+        }
+        if model.context_window == 0 {
+            errors.push(format!("{path}.contextWindow: must be greater than 0"));
+            continue;
+        }
+        if model.max_output_tokens == 0 || model.max_output_tokens > model.context_window {
+            errors.push(format!(
+                "{path}.maxOutputTokens: must be between 1 and contextWindow ({}), found {}",
+                model.context_window, model.max_output_tokens
+            ));
+            continue;
+        }
+        entries.push(CatalogEntry {
+            pattern: name.to_owned(),
+            limits: ModelLimits {
+                context_window: model.context_window,
+                max_output_tokens: model.max_output_tokens,
+            },
+        });
+    }
+    ModelCatalog::new(entries, crate::context::catalog::DEFAULT_LIMITS)
 }
 
 fn read_secret_file(field: &str, path: &Path, errors: &mut Vec<String>) -> Option<Secret> {
@@ -468,14 +799,130 @@ mod tests {
     }
 
     #[test]
-    fn redis_url_is_rejected_with_the_fix() {
+    fn redis_url_selects_the_redis_store() {
         let overrides = Overrides {
-            redis_url: Some("redis://127.0.0.1:6379".to_owned()),
+            redis_url: Some("rediss://app:s3cret@redis.example:6380/2".to_owned()),
             ..Overrides::default()
         };
-        let errors = Config::resolve(RawConfig::default(), overrides, &no_env())
-            .expect_err("not supported")
+        let config = Config::resolve(RawConfig::default(), overrides, &no_env()).expect("valid");
+        let redis = config.store.redis.expect("redis configured");
+        assert_eq!(redis.mode, RedisMode::Standalone);
+        assert_eq!(redis.key_prefix, "agent-sidecar");
+        assert!(!format!("{redis:?}").contains("s3cret"));
+        assert_eq!(
+            config.store.shutdown_grace,
+            Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS)
+        );
+    }
+
+    #[test]
+    fn no_redis_url_means_memory_store() {
+        let config =
+            Config::resolve(RawConfig::default(), Overrides::default(), &no_env()).expect("valid");
+        assert!(config.store.redis.is_none());
+    }
+
+    #[test]
+    fn redis_errors_are_reported_without_the_password() {
+        let raw: RawConfig = serde_norway::from_str(
+            "redisUrl: 'http://app:s3cret@host/x'\nredis: {mode: sentinel, nodes: ['nope'], keyPrefix: 'a{b}', commandTimeoutMs: 0}\nstore: {outageBufferTurns: 0, shutdownGraceSecs: 900}\n",
+        )
+        .expect("valid yaml");
+        let errors = Config::resolve(raw, Overrides::default(), &no_env())
+            .expect_err("invalid")
             .0;
-        assert!(errors[0].contains("unset redisUrl"));
+        let joined = errors.join("\n");
+        for expected in [
+            "redisUrl: unsupported scheme",
+            "redis.nodes[0]: not a valid URL",
+            "redis.sentinelMasterName: missing",
+            "redis.keyPrefix: invalid prefix",
+            "redis.commandTimeoutMs: must be greater than 0",
+            "store.outageBufferTurns: must be greater than 0",
+            "store.shutdownGraceSecs: must be at most 300",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in\n{joined}"
+            );
+        }
+        assert!(!joined.contains("s3cret"), "{joined}");
+    }
+
+    #[test]
+    fn redis_settings_without_url_are_an_error() {
+        let raw: RawConfig = serde_norway::from_str("redis: {mode: cluster}\n").expect("yaml");
+        let errors = Config::resolve(raw, Overrides::default(), &no_env())
+            .expect_err("no url")
+            .0;
+        assert!(errors[0].contains("redisUrl is not set"), "{errors:?}");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_modes_resolve() {
+        let raw: RawConfig = serde_norway::from_str(
+            "redisUrl: redis://a:7000\nredis: {mode: cluster, nodes: ['redis://b:7001']}\n",
+        )
+        .expect("yaml");
+        let config = Config::resolve(raw, Overrides::default(), &no_env()).expect("valid");
+        assert_eq!(
+            config.store.redis.expect("redis").mode,
+            RedisMode::Cluster {
+                nodes: vec!["redis://b:7001".to_owned()]
+            }
+        );
+        let raw: RawConfig = serde_norway::from_str(
+            "redisUrl: redis://s1:26379\nredis: {mode: sentinel, sentinelMasterName: mymaster}\n",
+        )
+        .expect("yaml");
+        let config = Config::resolve(raw, Overrides::default(), &no_env()).expect("valid");
+        assert_eq!(
+            config.store.redis.expect("redis").mode,
+            RedisMode::Sentinel {
+                master_name: "mymaster".to_owned(),
+                nodes: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn short_vault_key_is_rejected() {
+        let env = FakeEnvironment(HashMap::from([("AGENT_SIDECAR_VAULT_KEY", "short")]));
+        let errors = Config::resolve(RawConfig::default(), Overrides::default(), &env)
+            .expect_err("too short")
+            .0;
+        assert!(errors[0].contains("AGENT_SIDECAR_VAULT_KEY"), "{errors:?}");
+        let env = FakeEnvironment(HashMap::from([(
+            "AGENT_SIDECAR_VAULT_KEY",
+            "0123456789abcdef0123456789abcdef",
+        )]));
+        let config =
+            Config::resolve(RawConfig::default(), Overrides::default(), &env).expect("valid");
+        assert!(config.vault_key.is_some());
+        assert!(!format!("{config:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn model_catalog_entries_are_validated() {
+        let raw: RawConfig = serde_norway::from_str(
+            "models:\n  - {name: 'llama-*', contextWindow: 131072, maxOutputTokens: 2048}\n  - {name: 'a*b', contextWindow: 10, maxOutputTokens: 1}\n  - {name: x, contextWindow: 10, maxOutputTokens: 20}\n",
+        )
+        .expect("yaml");
+        let errors = Config::resolve(raw, Overrides::default(), &no_env())
+            .expect_err("two bad entries")
+            .0;
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("models[1].name"), "{errors:?}");
+        assert!(
+            errors[1].starts_with("models[2].maxOutputTokens"),
+            "{errors:?}"
+        );
+
+        let raw: RawConfig = serde_norway::from_str(
+            "models:\n  - {name: 'llama-*', contextWindow: 131072, maxOutputTokens: 2048}\n",
+        )
+        .expect("yaml");
+        let config = Config::resolve(raw, Overrides::default(), &no_env()).expect("valid");
+        assert_eq!(config.models.limits("llama-3.1-8b").context_window, 131_072);
     }
 }

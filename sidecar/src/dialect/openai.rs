@@ -545,6 +545,19 @@ fn guard_function_call(
     }
 }
 
+/// Runs the output guardrails over complete tool calls (`[{"id", "type", "function":
+/// {"name", "arguments"}}]`): the action rules and PII in the arguments, rewritten in
+/// place. The streaming guard calls this once a streamed call is whole.
+pub fn guard_tool_calls(guard: &Guard, calls: &mut [Value]) -> Evaluation {
+    let mut evaluation = Evaluation::new();
+    for call in calls.iter_mut() {
+        if let Some(function) = call.get_mut("function") {
+            guard_function_call(guard, Direction::Output, function, &mut evaluation);
+        }
+    }
+    evaluation
+}
+
 fn collect_strings(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::String(s) => out.push(s.clone()),

@@ -9,6 +9,7 @@ pub mod pii;
 pub mod topic;
 pub mod verdict;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -40,6 +41,36 @@ impl ContentCheck {
             .and_then(Option::as_deref)
             .unwrap_or(original)
     }
+}
+
+/// Every raw match in a text, before transformation.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub pii: Vec<PiiMatch>,
+    pub topics: Vec<TopicMatch>,
+}
+
+impl Scan {
+    /// The earliest start of a match that begins before `at` and ends after it, if any:
+    /// releasing text up to `at` would cut that match in two.
+    pub fn crossing(&self, at: usize) -> Option<usize> {
+        let pii = self.pii.iter().map(|m| (m.start, m.end));
+        let topics = self.topics.iter().map(|m| (m.start, m.end));
+        pii.chain(topics)
+            .filter(|(start, end)| *start < at && *end > at)
+            .map(|(start, _)| start)
+            .min()
+    }
+}
+
+/// The result of checking one window of a text.
+#[derive(Debug)]
+pub struct WindowCheck {
+    pub verdict: Verdict,
+    /// The window's text after transformation.
+    pub text: String,
+    /// Findings with offsets into the whole text.
+    pub findings: Vec<Finding>,
 }
 
 /// The result of checking one tool call.
@@ -97,8 +128,9 @@ impl Guard {
                 }
                 transformed[index] = self.apply_pii(
                     direction,
-                    index,
+                    Some(index),
                     part,
+                    0..part.len(),
                     &matches,
                     &mut findings,
                     &mut verdict,
@@ -175,11 +207,19 @@ impl Guard {
         self.policy.actions.denied_outright(tool)
     }
 
+    /// Applies the PII rules to the matches inside `window` and returns the window's
+    /// rewritten text, or `None` when nothing in it changed. Findings keep offsets into
+    /// `text`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one private helper shared by both entry points"
+    )]
     fn apply_pii(
         &self,
         direction: Direction,
-        part: usize,
+        part: Option<usize>,
         text: &str,
+        window: Range<usize>,
         matches: &[PiiMatch],
         findings: &mut Vec<Finding>,
         verdict: &mut Verdict,
@@ -187,10 +227,13 @@ impl Guard {
         let Some(scanner) = &self.policy.pii.scanner else {
             return None;
         };
-        let mut output = String::with_capacity(text.len());
-        let mut copied = 0;
+        let mut output = String::with_capacity(window.len());
+        let mut copied = window.start;
         let mut changed = false;
-        for m in matches {
+        for m in matches
+            .iter()
+            .filter(|m| m.start >= window.start && m.end <= window.end)
+        {
             let Some(binding) = self.policy.pii.bindings.get(&m.entity) else {
                 continue;
             };
@@ -216,7 +259,7 @@ impl Guard {
                 outcome,
                 mode: binding.mode,
                 direction,
-                part: Some(part),
+                part,
                 start: Some(m.start),
                 end: Some(m.end),
                 tool: None,
@@ -237,8 +280,86 @@ impl Guard {
         if !changed {
             return None;
         }
-        output.push_str(&text[copied..]);
+        output.push_str(&text[copied..window.end]);
         Some(output)
+    }
+
+    /// Finds every PII and topic match in `text` without transforming anything; the
+    /// streaming guard scans its buffer once and decides what to release from this.
+    pub fn scan(&self, direction: Direction, text: &str) -> Scan {
+        let mut scan = Scan::default();
+        if let Some(scanner) = &self.policy.pii.scanner {
+            scanner.scan(text, &mut scan.pii);
+        }
+        if !self.policy.topics.is_empty() {
+            self.policy
+                .topics
+                .find(text, Some(direction), &mut scan.topics);
+        }
+        scan
+    }
+
+    /// Returns how many trailing bytes of `text` could still become part of a PII or
+    /// topic match once more text arrives, on a character boundary.
+    pub fn hold_back_len(&self, text: &str) -> usize {
+        let pii = self
+            .policy
+            .pii
+            .scanner
+            .as_ref()
+            .map_or(0, |scanner| scanner.pending_tail_len(text));
+        let topics = self.policy.topics.pending_tail_len(text);
+        pii.max(topics)
+    }
+
+    /// Checks the matches of `scan` that lie inside `window` of `text` and returns the
+    /// window's text after transformation. Matches outside the window are the caller's
+    /// concern: before it they were reported earlier, after it they are not complete.
+    pub fn check_window(
+        &self,
+        direction: Direction,
+        text: &str,
+        window: Range<usize>,
+        scan: &Scan,
+    ) -> WindowCheck {
+        let mut findings = Vec::new();
+        let mut verdict = Verdict::Allow;
+        for m in scan
+            .topics
+            .iter()
+            .filter(|m| m.start >= window.start && m.end <= window.end)
+        {
+            let rule = &self.policy.topics.rules()[m.rule];
+            let finding = Finding {
+                rule: rule.id.clone(),
+                kind: FindingKind::Topic,
+                entity: None,
+                outcome: Outcome::Block,
+                mode: rule.mode,
+                direction,
+                part: None,
+                start: Some(m.start),
+                end: Some(m.end),
+                tool: None,
+                detail: None,
+            };
+            verdict.merge(Verdict::from_finding(&finding));
+            findings.push(finding);
+        }
+        let transformed = self.apply_pii(
+            direction,
+            None,
+            text,
+            window.clone(),
+            &scan.pii,
+            &mut findings,
+            &mut verdict,
+        );
+        WindowCheck {
+            verdict,
+            text: transformed.unwrap_or_else(|| text[window].to_owned()),
+            findings,
+        }
     }
 
     fn replacement(

@@ -58,6 +58,23 @@ pub struct TopicSet {
     phrase_rule: Vec<usize>,
     /// Per-rule regexes: user patterns and non-ASCII phrases.
     regexes: Vec<(usize, Regex)>,
+    /// ASCII phrases, lower-cased and sorted, for the streaming hold-back.
+    sorted_phrases: Vec<String>,
+    longest_phrase_len: usize,
+    /// Longest text any regex can match, in bytes; `usize::MAX` when unbounded.
+    longest_regex_match: usize,
+}
+
+/// Returns the maximum number of bytes `pattern` can match (case-insensitively when
+/// `case_insensitive`), or `None` when it can match text of any length.
+pub fn pattern_max_len(pattern: &str, case_insensitive: bool) -> Option<usize> {
+    regex_syntax::ParserBuilder::new()
+        .case_insensitive(case_insensitive)
+        .build()
+        .parse(pattern)
+        .ok()?
+        .properties()
+        .maximum_len()
 }
 
 /// Normalizes a phrase: trimmed, inner whitespace runs collapsed to one space.
@@ -101,11 +118,26 @@ impl TopicSet {
                     .map_err(|e| regex::Error::Syntax(e.to_string()))?,
             )
         };
+        let longest_regex_match = regexes
+            .iter()
+            .map(|(_, regex)| pattern_max_len(regex.as_str(), true).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0);
+        let mut sorted_phrases: Vec<String> = ascii_phrases
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        sorted_phrases.sort();
+        sorted_phrases.dedup();
+        let longest_phrase_len = sorted_phrases.iter().map(String::len).max().unwrap_or(0);
         Ok(TopicSet {
             rules,
             phrases,
             phrase_rule,
             regexes,
+            sorted_phrases,
+            longest_phrase_len,
+            longest_regex_match,
         })
     }
 
@@ -151,12 +183,67 @@ impl TopicSet {
         );
     }
 
+    /// Returns how many trailing bytes of `text` could still become part of a match when
+    /// more text is appended: the longest suffix that starts a phrase (a complete phrase
+    /// too, since the next character decides its word boundary), and for regexes the
+    /// longest text they can match, because the regex engine cannot report a partial
+    /// match. The result is on a character boundary.
+    pub fn pending_tail_len(&self, text: &str) -> usize {
+        let mut hold = self.longest_regex_match.min(text.len());
+        if !self.sorted_phrases.is_empty() {
+            let earliest = text.len().saturating_sub(self.longest_phrase_len);
+            for (offset, _) in text[..].char_indices().filter(|(i, _)| *i >= earliest) {
+                if !is_word_boundary(text, offset) {
+                    continue;
+                }
+                let suffix = normalize_suffix(&text[offset..]);
+                if suffix.is_empty() || suffix.starts_with(' ') {
+                    continue;
+                }
+                let at = self
+                    .sorted_phrases
+                    .partition_point(|p| p.as_str() < suffix.as_str());
+                if self
+                    .sorted_phrases
+                    .get(at)
+                    .is_some_and(|p| p.starts_with(&suffix))
+                {
+                    hold = hold.max(text.len() - offset);
+                    break;
+                }
+            }
+        }
+        let mut start = text.len() - hold;
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        text.len() - start
+    }
+
     /// Returns true when any rule matches `text`, whatever its direction settings.
     pub fn matches_any(&self, text: &str) -> bool {
         let mut found = Vec::new();
         self.find(text, None, &mut found);
         !found.is_empty()
     }
+}
+
+/// Lower-cases ASCII and collapses whitespace runs to one space, keeping a trailing one.
+fn normalize_suffix(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_space = false;
+    for c in text.chars() {
+        if c.is_ascii_whitespace() {
+            if !in_space {
+                out.push(' ');
+            }
+            in_space = true;
+        } else {
+            in_space = false;
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 fn is_word_char(c: char) -> bool {
@@ -308,6 +395,38 @@ mod tests {
         let mut out = Vec::new();
         s.find("dosage", Some(Direction::Output), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tail_holds_phrase_prefix() {
+        let s = set(&["build a bomb"], &[]);
+        assert_eq!(s.pending_tail_len("how to build a\n "), "build a\n ".len());
+        assert_eq!(s.pending_tail_len("how to bu"), 2);
+        assert_eq!(
+            s.pending_tail_len("we rebuild"),
+            0,
+            "no phrase starts inside a word"
+        );
+        assert_eq!(s.pending_tail_len("nothing here"), 0);
+    }
+
+    #[test]
+    fn tail_holds_complete_phrase_until_boundary() {
+        let s = set(&["dosage"], &[]);
+        assert_eq!(s.pending_tail_len("the dosage"), 6);
+        assert_eq!(s.pending_tail_len("the dosage."), 0);
+    }
+
+    #[test]
+    fn tail_covers_longest_pattern_match() {
+        let s = set(&[], &[r"\bprescri(be|ption)\b"]);
+        // Case folding lets `s` match the two-byte `ſ` (U+017F), so the longest match is
+        // one byte longer than "prescription".
+        assert_eq!(
+            s.pending_tail_len("a long enough text here"),
+            "prescription".len() + 1
+        );
+        assert_eq!(pattern_max_len(r"\w+", true), None);
     }
 
     #[test]

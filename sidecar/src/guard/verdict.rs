@@ -89,9 +89,10 @@ impl Finding {
 }
 
 /// The overall decision for a piece of content, ordered by severity.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Verdict {
     /// Nothing to change.
+    #[default]
     Allow,
     /// The content was rewritten (redacted, masked, hashed) and may pass.
     Transform,

@@ -81,6 +81,14 @@ pub fn compile(
     }
     let actions = compile_actions(&spec.actions, &mut ids, &mut errors);
     let pii = compile_pii(spec, &mut ids, &mut errors);
+    let mut section_errors = Vec::new();
+    let context = super::conversation::compile_context(spec.context.as_ref(), &mut section_errors);
+    let conversation =
+        super::conversation::compile_conversation(spec.conversation.as_ref(), &mut section_errors);
+    for (path, message) in section_errors {
+        errors.push(path, message);
+    }
+    check_stream_bounds(spec, &mut errors);
 
     let (Some(topics), Some(pii), true) = (topics, pii, errors.list.is_empty()) else {
         return Err(PolicyErrors(errors.list));
@@ -96,8 +104,87 @@ pub fn compile(
         off_topic_mode: spec.off_topic.mode,
         actions,
         pii,
+        stream: spec.stream.clone(),
         rule_count,
+        context,
+        conversation,
     })
+}
+
+/// Largest `stream.maxHoldBackBytes` accepted: a stream holds at most this much text per
+/// channel in memory.
+const MAX_HOLD_BACK_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// Checks that every rule the streaming guard runs on output has a bounded longest match
+/// that fits in `stream.maxHoldBackBytes`, because the guard must hold back a partial match
+/// until it is complete. Monitor mode holds nothing back, so it needs no bound.
+fn check_stream_bounds(spec: &spec::Spec, errors: &mut Errors) {
+    let limit = spec.stream.max_hold_back_bytes;
+    if limit == 0 || limit > MAX_HOLD_BACK_LIMIT_BYTES {
+        errors.push(
+            "spec.stream.maxHoldBackBytes",
+            format!("must be between 1 and {MAX_HOLD_BACK_LIMIT_BYTES}, found {limit}"),
+        );
+        return;
+    }
+    if spec.stream.mode == spec::StreamGuardMode::Monitor {
+        return;
+    }
+    let fix = "bound its repetitions (such as \\w{1,40} instead of \\w+), raise \
+               spec.stream.maxHoldBackBytes, or set spec.stream.mode: monitor";
+    let check = |errors: &mut Errors, path: String, pattern: &str, case_insensitive: bool| {
+        match crate::guard::topic::pattern_max_len(pattern, case_insensitive) {
+            // An invalid pattern is reported where it is compiled.
+            None if regex_syntax::parse(pattern).is_err() => {}
+            None => errors.push(
+                path,
+                format!("can match text of any length, so a stream cannot hold back a partial match; {fix}"),
+            ),
+            Some(max) if max > limit => errors.push(
+                path,
+                format!(
+                    "can match up to {max} bytes, more than spec.stream.maxHoldBackBytes ({limit}); {fix}"
+                ),
+            ),
+            Some(_) => {}
+        }
+    };
+    for (i, topic) in spec.topics.iter().enumerate() {
+        let output = topic
+            .applies_to
+            .as_ref()
+            .is_none_or(|list| list.contains(&Direction::Output));
+        if !output {
+            continue;
+        }
+        for (j, pattern) in topic.patterns.iter().enumerate() {
+            check(
+                errors,
+                format!("spec.topics[{i}].patterns[{j}]"),
+                pattern,
+                true,
+            );
+        }
+        for (j, phrase) in topic.phrases.iter().enumerate() {
+            if phrase.len() > limit {
+                errors.push(
+                    format!("spec.topics[{i}].phrases[{j}]"),
+                    format!(
+                        "is {} bytes, more than spec.stream.maxHoldBackBytes ({limit})",
+                        phrase.len()
+                    ),
+                );
+            }
+        }
+    }
+    for (i, entity) in spec.custom_entities.iter().enumerate() {
+        check(
+            errors,
+            format!("spec.customEntities[{i}].pattern"),
+            &entity.pattern,
+            false,
+        );
+    }
 }
 
 fn check_name(name: &str, errors: &mut Errors) {
@@ -593,6 +680,36 @@ mod tests {
             "  allowedTopics:\n    - {id: billing, phrases: [invoice], appliesTo: [output]}\n",
         );
         assert!(errors[0].contains("input only"), "{errors:?}");
+    }
+
+    #[test]
+    fn unbounded_output_pattern_is_rejected() {
+        let errors = messages(
+            "  topics:\n    - {id: t, patterns: ['secret \\w+']}\n    - {id: u, appliesTo: [input], patterns: ['\\w+']}\n",
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "input-only rules need no bound: {errors:?}"
+        );
+        assert!(
+            errors[0].starts_with("spec.topics[0].patterns[0]: can match text of any length"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn pattern_longer_than_hold_back_is_rejected() {
+        let errors = messages(
+            "  stream: {maxHoldBackBytes: 10}\n  customEntities:\n    - {name: LONG_ID, pattern: 'ID-[0-9]{20}'}\n",
+        );
+        assert!(errors[0].contains("can match up to 23 bytes"), "{errors:?}");
+    }
+
+    #[test]
+    fn monitor_stream_needs_no_bound() {
+        compile("  stream: {mode: monitor}\n  topics:\n    - {id: t, patterns: ['secret \\w+']}\n")
+            .expect("monitor mode accepts unbounded patterns");
     }
 
     #[test]

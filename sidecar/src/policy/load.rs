@@ -218,6 +218,9 @@ const SPEC_FIELDS: &[&str] = &[
     "actions",
     "pii",
     "customEntities",
+    "context",
+    "conversation",
+    "stream",
 ];
 const ACTIONS_FIELDS: &[&str] = &["default", "defaultRuleId", "rules"];
 
@@ -330,9 +333,16 @@ fn parse_spec(source: &str, value: Value, errors: &mut Vec<PolicyError>) -> Opti
                 }
             }
             "pii" => spec.pii = deserialize_list(value, &path, source, errors),
+            "stream" => {
+                if let Some(v) = deserialize_at(value, &path, source, errors) {
+                    spec.stream = v;
+                }
+            }
             "customEntities" => {
                 spec.custom_entities = deserialize_list(value, &path, source, errors)
             }
+            "context" => spec.context = deserialize_at(value, &path, source, errors),
+            "conversation" => spec.conversation = deserialize_at(value, &path, source, errors),
             _ => errors.push(PolicyError {
                 source: source.to_owned(),
                 path: path.clone(),

@@ -2,6 +2,7 @@
 //! it and compiling it into the form the guard engine runs.
 
 pub mod compile;
+pub mod conversation;
 pub mod load;
 pub mod spec;
 
@@ -65,7 +66,11 @@ pub struct Policy {
     pub off_topic_mode: Mode,
     pub actions: ActionPolicy,
     pub pii: PiiPolicy,
+    pub stream: spec::StreamSettings,
     pub rule_count: usize,
+    /// Context-window management, when the policy has a `context` section.
+    pub context: Option<crate::context::ContextPolicy>,
+    pub conversation: crate::state::ConversationPolicy,
 }
 
 impl Policy {

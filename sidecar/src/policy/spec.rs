@@ -4,7 +4,12 @@
 //! (unique ids, valid regexes, known entities, numeric ranges) live in `validate`, and
 //! the form the guard engine runs on is built by `compile`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use super::conversation::{
+    BudgetSpec, ContextSpec, ContextStrategy, ConversationSpec, StoreFull, SummarizerSpec,
+};
 
 /// The only `apiVersion` this build reads.
 pub const API_VERSION: &str = "agent-sidecar.io/v1alpha1";
@@ -12,7 +17,7 @@ pub const API_VERSION: &str = "agent-sidecar.io/v1alpha1";
 pub const KIND: &str = "GuardrailPolicy";
 
 /// Resource metadata, the subset of Kubernetes `ObjectMeta` a policy uses.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     pub name: String,
@@ -28,7 +33,7 @@ pub struct Metadata {
 }
 
 /// Whether a rule changes traffic or only records what it would have done.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Mode {
     #[default]
@@ -47,7 +52,7 @@ impl Mode {
 
 /// Traffic direction: `input` is what the agent sends to the model, `output` what the
 /// model returns.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Direction {
     Input,
@@ -64,7 +69,7 @@ impl Direction {
 }
 
 /// How a blocked request or response is answered.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BlockResponse {
     /// A normal assistant reply carrying the refusal text.
@@ -74,7 +79,7 @@ pub enum BlockResponse {
     Error,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OnBlock {
     #[serde(default)]
@@ -84,7 +89,7 @@ pub struct OnBlock {
 }
 
 /// A topic defined by literal phrases and regular expressions.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Topic {
     pub id: String,
@@ -102,7 +107,7 @@ pub struct Topic {
 }
 
 /// The rule that reports input matching none of `allowedTopics`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OffTopic {
     #[serde(default = "default_off_topic_id")]
@@ -124,7 +129,7 @@ fn default_off_topic_id() -> String {
     "off-topic".to_owned()
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Decision {
     #[default]
@@ -143,7 +148,7 @@ impl Decision {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Actions {
     /// Decision for a tool no rule names.
@@ -156,7 +161,7 @@ pub struct Actions {
     pub rules: Vec<ActionRule>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActionRule {
     pub id: String,
@@ -171,7 +176,7 @@ pub struct ActionRule {
 }
 
 /// A constraint on one value inside a tool call's arguments.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ArgumentConstraint {
     /// RFC 6901 JSON Pointer into the arguments object, such as `/amount`.
@@ -197,7 +202,7 @@ pub struct ArgumentConstraint {
 }
 
 /// What a PII rule does with a match in one direction.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PiiAction {
     Block,
@@ -221,7 +226,7 @@ impl PiiAction {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PiiRule {
     pub id: String,
@@ -250,7 +255,7 @@ fn default_mask_char() -> char {
     '*'
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CustomEntity {
     /// Upper-case name, used in placeholders such as `[EMPLOYEE_ID]`.
@@ -262,7 +267,7 @@ pub struct CustomEntity {
 }
 
 /// The `spec` of a `GuardrailPolicy`. Every section is optional.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
     #[serde(default)]
@@ -279,10 +284,58 @@ pub struct Spec {
     pub pii: Vec<PiiRule>,
     #[serde(default)]
     pub custom_entities: Vec<CustomEntity>,
+    /// Context-window management; off when omitted.
+    #[serde(default)]
+    pub context: Option<ContextSpec>,
+    /// Conversation state: time to live, store failure policy, id source.
+    #[serde(default)]
+    pub conversation: Option<ConversationSpec>,
+    #[serde(default)]
+    pub stream: StreamSettings,
+}
+
+/// How streamed responses are guarded.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StreamGuardMode {
+    /// Hold back text that could still match and transform it before release.
+    #[default]
+    Guarded,
+    /// Release every delta at once and only record findings.
+    Monitor,
+}
+
+/// Upper bound on text held back in a stream. It covers PEM private keys, whose blocks
+/// run to about 3.3 KB for RSA-4096, and leaves room for long tokens.
+pub const DEFAULT_MAX_HOLD_BACK_BYTES: usize = 8 * 1024;
+
+fn default_max_hold_back_bytes() -> usize {
+    DEFAULT_MAX_HOLD_BACK_BYTES
+}
+
+/// Streaming settings.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSettings {
+    #[serde(default)]
+    pub mode: StreamGuardMode,
+    /// Maximum bytes of text held back per channel before release. A rule whose longest
+    /// possible match exceeds it is rejected when the policy is validated.
+    #[serde(default = "default_max_hold_back_bytes")]
+    pub max_hold_back_bytes: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            mode: StreamGuardMode::Guarded,
+            max_hold_back_bytes: DEFAULT_MAX_HOLD_BACK_BYTES,
+        }
+    }
 }
 
 /// A whole `GuardrailPolicy` document.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GuardrailPolicy {
     pub api_version: String,

@@ -3,6 +3,7 @@
 
 pub mod error;
 mod openai;
+mod openai_stream;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -87,4 +88,29 @@ async fn read_body(request: Request<Body>, limit_bytes: usize) -> Result<Bytes, 
 fn conversation_id(headers: &axum::http::HeaderMap) -> Option<String> {
     let value = headers.get(CONVERSATION_ID_HEADER)?.to_str().ok()?.trim();
     (!value.is_empty() && value.len() <= MAX_CONVERSATION_ID_LEN).then(|| value.to_owned())
+}
+
+/// Appends a guarded turn to the conversation store. A store failure never fails the
+/// request: the client already has its answer.
+async fn store_turn(
+    state: &ProxyState,
+    conversation_id: &str,
+    model: &str,
+    policy: &crate::policy::Policy,
+    messages: Vec<crate::dialect::Message>,
+) {
+    let turn = crate::state::Turn::new(
+        model.to_owned(),
+        format!("{}@{}", policy.identity.name, policy.identity.hash),
+        messages,
+    );
+    let append = crate::state::Append {
+        turn,
+        vault: Vec::new(),
+        expected_version: None,
+        ttl: crate::state::DEFAULT_CONVERSATION_TTL,
+    };
+    if let Err(error) = state.store.append(conversation_id, append).await {
+        tracing::debug!(error = %error, "conversation turn not stored");
+    }
 }

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::error::ProxyError;
+use super::openai_stream::{self, StreamContext};
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, conversation_id, read_body};
-use crate::dialect::openai::{self as dialect, Evaluation, ParseError};
+use crate::dialect::openai::{self as dialect, ParseError};
 use crate::guard::Verdict;
 use crate::policy::spec::BlockResponse;
-use crate::state::Turn;
 
 const ROUTE_CHAT: &str = "chat_completions";
 
@@ -61,12 +61,31 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         return blocked(state, &chat.model, chat.stream, block, None);
     }
 
+    let context = StreamContext {
+        guard: guard.clone(),
+        model: chat.model.clone(),
+        conversation,
+        request_messages: dialect::request_messages(&chat),
+        request_text_bytes: body.len(),
+    };
+    let strip_usage = chat.stream && openai_stream::request_usage(&mut chat);
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
         ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
             param: None,
             message: format!("cannot encode the guarded request: {e}"),
         })
     })?);
+    if chat.stream {
+        return openai_stream::stream_chat(
+            state,
+            forwarded,
+            query.as_deref(),
+            &headers,
+            strip_usage,
+            context,
+        )
+        .await;
+    }
     let upstream = state
         .openai
         .send(
@@ -78,11 +97,22 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
             &state.metrics,
         )
         .await?;
+    finish_whole(state, upstream, &context).await
+}
+
+/// Guards a response read whole (a JSON completion, or an event stream from a server
+/// that ignored the client's stream setting) and answers the client.
+pub(super) async fn finish_whole(
+    state: &ProxyState,
+    upstream: UpstreamResponse,
+    context: &StreamContext,
+) -> Result<Response, ProxyError> {
     if !upstream.status.is_success() {
         // Provider errors already have the provider's shape; pass them on unchanged.
         return Ok(passthrough(upstream));
     }
-
+    let guard = &context.guard;
+    let policy = guard.policy().clone();
     let streamed = upstream.is_event_stream();
     let mut completion = if streamed {
         assemble_stream(&upstream.body)?
@@ -95,34 +125,28 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         })?;
         Collected(value, None)
     };
-    let output = dialect::guard_response(&guard, &mut completion.0);
+    let output = dialect::guard_response(guard, &mut completion.0);
     state
         .metrics
-        .record_findings(policy_label, &output.findings);
+        .record_findings(&policy.identity.name, &output.findings);
     tracing::debug!(
-        model = %chat.model,
+        model = %context.model,
         verdict = output.verdict.as_str(),
         findings = output.findings.len(),
         policy = %policy.identity.name,
         "output guardrails evaluated"
     );
     if let Some(block) = Block::from_verdict(&output.verdict) {
-        return blocked(state, &chat.model, streamed, block, Some(completion.0));
+        return blocked(state, &context.model, streamed, block, Some(completion.0));
+    }
+    openai_stream::record_usage(state, context, completion.0.get("usage"), &completion.0);
+    if let Some(id) = &context.conversation {
+        let mut messages = context.request_messages.clone();
+        messages.extend(dialect::response_message(&completion.0));
+        super::store_turn(state, id, &context.model, &policy, messages).await;
     }
 
-    if let Some(id) = conversation {
-        state.store.append(
-            &id,
-            Turn {
-                model: chat.model.clone(),
-                request: dialect::request_messages(&chat),
-                response: dialect::response_message(&completion.0),
-                policy: format!("{}@{}", policy.identity.name, policy.identity.hash),
-            },
-        );
-    }
-
-    let verdict = combined(&input, &output);
+    let verdict = output.verdict.as_str();
     if streamed {
         return Ok(event_stream(&completion.0, completion.1, verdict, None));
     }
@@ -141,7 +165,13 @@ fn assemble_stream(body: &[u8]) -> Result<Collected, ProxyError> {
         reason: "event stream is not UTF-8".to_owned(),
     })?;
     let mut assembly = dialect::StreamAssembly::default();
-    for event in crate::sse::parse(text) {
+    let events = crate::sse::parse(text, crate::sse::DEFAULT_MAX_EVENT_BYTES).map_err(|e| {
+        ProxyError::UpstreamInvalid {
+            provider: "openai",
+            reason: e.to_string(),
+        }
+    })?;
+    for event in events {
         if event.data == "[DONE]" {
             break;
         }
@@ -154,12 +184,6 @@ fn assemble_stream(body: &[u8]) -> Result<Collected, ProxyError> {
     }
     let error = assembly.error.take();
     Ok(Collected(assembly.to_completion(), error))
-}
-
-fn combined(input: &Evaluation, output: &Evaluation) -> &'static str {
-    let mut verdict = input.verdict.clone();
-    verdict.merge(output.verdict.clone());
-    verdict.as_str()
 }
 
 /// The rule behind a blocking verdict.
@@ -270,7 +294,7 @@ fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// Provider headers worth keeping on a rewritten response: request ids and rate limits.
-fn copy_provider_headers(from: &HeaderMap, to: &mut HeaderMap) {
+pub(super) fn copy_provider_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         let name_str = name.as_str();
         if name_str.starts_with("x-ratelimit-")

@@ -51,6 +51,8 @@ impl UpstreamResponse {
 pub struct Upstream {
     pub name: &'static str,
     provider: Provider,
+    /// Longest wait for the next chunk of a streamed body.
+    pub stream_idle_timeout: Duration,
     client: reqwest::Client,
     request_timeout: Duration,
     max_response_body_bytes: usize,
@@ -67,6 +69,7 @@ impl Upstream {
         Upstream {
             name,
             provider,
+            stream_idle_timeout: request_timeout,
             client,
             request_timeout,
             max_response_body_bytes,
@@ -139,8 +142,6 @@ impl Upstream {
             request = request.body(body);
         }
         let response = request.send().await.map_err(|e| self.map_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
         if response
             .content_length()
             .is_some_and(|length| length > self.max_response_body_bytes as u64)
@@ -150,6 +151,45 @@ impl Upstream {
                 limit_bytes: self.max_response_body_bytes,
             });
         }
+        self.read_whole(response).await
+    }
+
+    /// Sends a request and returns as soon as the response headers arrive, for the
+    /// caller to read the body as a stream. The request timeout covers the wait for the
+    /// headers only; the caller applies an idle timeout between body chunks.
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        client_headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let mut request = self
+            .client
+            .request(method, self.url(path, query))
+            .headers(self.upstream_headers(client_headers)?)
+            .body(body);
+        // Event streams must not be buffered or compressed on the way.
+        request = request.header(header::ACCEPT, "text/event-stream");
+        match tokio::time::timeout(self.request_timeout, request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.map_error(&error)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                provider: self.name,
+                timeout_secs: self.request_timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Reads a response body whole under the size limit, for error responses and
+    /// non-stream bodies.
+    pub async fn read_whole(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let status = response.status();
+        let headers = response.headers().clone();
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -169,6 +209,26 @@ impl Upstream {
         })
     }
 
+    /// The headers sent upstream: the client's forwardable ones plus the sidecar's
+    /// credential when it holds one.
+    fn upstream_headers(&self, client_headers: &HeaderMap) -> Result<HeaderMap, ProxyError> {
+        let mut headers = forwardable_headers(client_headers);
+        if let Some((key, _)) = &self.provider.api_key {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    ProxyError::UpstreamUnavailable {
+                        provider: self.name,
+                        reason:
+                            "the configured API key contains characters not allowed in a header"
+                                .to_owned(),
+                    }
+                })?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        Ok(headers)
+    }
+
     fn map_error(&self, error: &reqwest::Error) -> ProxyError {
         if error.is_timeout() {
             return ProxyError::UpstreamTimeout {
@@ -183,7 +243,9 @@ impl Upstream {
         } else {
             "request failed".to_owned()
         };
-        tracing::debug!(provider = self.name, error = %error, "upstream request failed");
+        // An unreachable provider is an operator's problem, so it is logged at warn; the
+        // error text names the URL, never the credential.
+        tracing::warn!(provider = self.name, error = %error, "upstream request failed");
         ProxyError::UpstreamUnavailable {
             provider: self.name,
             reason,

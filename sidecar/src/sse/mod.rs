@@ -1,37 +1,148 @@
-//! Server-sent events: parsing a complete event stream and encoding events.
+//! Server-sent events: an incremental decoder from bytes to events and an encoder back.
 //!
-//! Parsing follows the WHATWG event-stream rules for a body that has been read whole. It
-//! accepts LF, CRLF and lone CR line endings, and `data:` with or without one space after
-//! the colon. Several `data` lines are joined with `\n`, comment lines start with `:`, and
-//! a block without data produces no event.
-//! TODO: the streaming guard needs an incremental decoder (events split across reads);
-//! this one takes the whole body.
+//! The decoder follows the WHATWG HTML "event stream interpretation" rules. Lines end in
+//! LF, CRLF or a lone CR, and a CR and LF may arrive in different reads. The space after a
+//! field's colon is optional, several `data` lines are joined with `\n`, and lines starting
+//! with `:` are comments. A block without `data` dispatches no event, an event may be split
+//! across reads at any byte (inside a UTF-8 character too), and an event larger than the
+//! configured maximum is an error instead of unbounded memory.
+//!
+//! It is written here rather than taken from a crate because the streaming guard needs
+//! comment lines as frames (they are forwarded as keep-alives) and a hard bound on the size
+//! of one event, and `eventsource-stream`'s documented `Event` (0.1.2) carries only the
+//! event name, data, id and retry.
 
-/// One event.
+use std::fmt::Write as _;
+
+/// Default bound on one event: far above any chat completion chunk, far below memory
+/// pressure.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// One dispatched event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     pub event: Option<String>,
     pub data: String,
     pub id: Option<String>,
+    /// Reconnection time in milliseconds, when the block set one.
+    pub retry: Option<u64>,
 }
 
-/// Parses a whole event stream.
-pub fn parse(text: &str) -> Vec<Event> {
-    let mut events = Vec::new();
-    let mut current = Event::default();
-    let mut has_data = false;
-    for line in lines(text) {
-        if line.is_empty() {
-            if has_data {
-                events.push(std::mem::take(&mut current));
-            } else {
-                current = Event::default();
-            }
-            has_data = false;
-            continue;
+/// What the decoder produces: an event, a comment (the text after `:`), or a block
+/// that set only `retry` (which must reach the client without dispatching an event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Event(Event),
+    Comment(String),
+    Retry(u64),
+}
+
+/// Why a stream could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event larger than the limit of {limit_bytes} bytes")]
+    EventTooLarge { limit_bytes: usize },
+    #[error("event stream is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+/// An incremental decoder. Feed it bytes as they arrive; it returns complete frames.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Bytes of the current, unterminated line.
+    line: Vec<u8>,
+    /// The previous read ended in CR, so a leading LF in the next read ends nothing.
+    skip_lf: bool,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+    id: Option<String>,
+    retry: Option<u64>,
+    /// Bytes in the current block so far, checked against the limit.
+    block_bytes: usize,
+    max_event_bytes: usize,
+}
+
+impl Decoder {
+    pub fn new(max_event_bytes: usize) -> Decoder {
+        Decoder {
+            line: Vec::new(),
+            skip_lf: false,
+            data: String::new(),
+            has_data: false,
+            event: None,
+            id: None,
+            retry: None,
+            block_bytes: 0,
+            max_event_bytes,
         }
-        if line.starts_with(':') {
-            continue;
+    }
+
+    /// Decodes `bytes`, appending complete frames to `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Frame>) -> Result<(), DecodeError> {
+        let mut rest = bytes;
+        if self.skip_lf {
+            if let Some(stripped) = rest.strip_prefix(b"\n") {
+                rest = stripped;
+            }
+            self.skip_lf = false;
+        }
+        while !rest.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(at) => {
+                    self.push_line_bytes(&rest[..at])?;
+                    let ending = rest[at];
+                    rest = &rest[at + 1..];
+                    if ending == b'\r' {
+                        match rest.first() {
+                            Some(b'\n') => rest = &rest[1..],
+                            None => self.skip_lf = true,
+                            Some(_) => {}
+                        }
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    self.process_line(&line, out)?;
+                }
+                None => {
+                    self.push_line_bytes(rest)?;
+                    rest = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the stream. A block without its terminating blank line is incomplete and, as
+    /// the standard says, dropped; this returns whether such a block was pending.
+    pub fn finish(&mut self) -> bool {
+        let pending = !self.line.is_empty() || self.has_data;
+        self.reset_block();
+        self.line.clear();
+        pending
+    }
+
+    fn push_line_bytes(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        self.block_bytes += bytes.len();
+        if self.block_bytes > self.max_event_bytes {
+            return Err(DecodeError::EventTooLarge {
+                limit_bytes: self.max_event_bytes,
+            });
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn process_line(&mut self, line: &[u8], out: &mut Vec<Frame>) -> Result<(), DecodeError> {
+        let line = std::str::from_utf8(line).map_err(|_| DecodeError::InvalidUtf8)?;
+        if line.is_empty() {
+            self.dispatch(out);
+            return Ok(());
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            out.push(Frame::Comment(
+                comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
+            ));
+            return Ok(());
         }
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
@@ -39,43 +150,59 @@ pub fn parse(text: &str) -> Vec<Event> {
         };
         match field {
             "data" => {
-                if has_data {
-                    current.data.push('\n');
+                if self.has_data {
+                    self.data.push('\n');
                 }
-                current.data.push_str(value);
-                has_data = true;
+                self.data.push_str(value);
+                self.has_data = true;
             }
-            "event" => current.event = Some(value.to_owned()),
-            "id" if !value.contains('\0') => current.id = Some(value.to_owned()),
+            "event" => self.event = Some(value.to_owned()),
+            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry = value.parse().ok();
+            }
             _ => {}
         }
+        Ok(())
     }
-    // A final block without its blank line is incomplete and, per the standard, dropped.
-    events
+
+    fn dispatch(&mut self, out: &mut Vec<Frame>) {
+        if self.has_data {
+            out.push(Frame::Event(Event {
+                event: self.event.take(),
+                data: std::mem::take(&mut self.data),
+                id: self.id.take(),
+                retry: self.retry.take(),
+            }));
+        } else if let Some(retry) = self.retry {
+            out.push(Frame::Retry(retry));
+        }
+        self.reset_block();
+    }
+
+    fn reset_block(&mut self) {
+        self.data.clear();
+        self.has_data = false;
+        self.event = None;
+        self.id = None;
+        self.retry = None;
+        self.block_bytes = 0;
+    }
 }
 
-fn lines(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        match rest.find(['\r', '\n']) {
-            Some(at) => {
-                let line = &rest[..at];
-                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
-                rest = &rest[at + skip..];
-                Some(line)
-            }
-            None => {
-                // A last line without a terminator never completes an event; yield it so
-                // its fields are read, and the missing blank line drops the block.
-                let line = rest;
-                rest = "";
-                Some(line)
-            }
-        }
-    })
+/// Parses a whole event stream, keeping only events. Returns an error when the stream
+/// is not UTF-8 or an event exceeds `max_event_bytes`.
+pub fn parse(text: &str, max_event_bytes: usize) -> Result<Vec<Event>, DecodeError> {
+    let mut decoder = Decoder::new(max_event_bytes);
+    let mut frames = Vec::new();
+    decoder.feed(text.as_bytes(), &mut frames)?;
+    Ok(frames
+        .into_iter()
+        .filter_map(|frame| match frame {
+            Frame::Event(event) => Some(event),
+            Frame::Comment(_) | Frame::Retry(_) => None,
+        })
+        .collect())
 }
 
 /// Encodes one `data` event; multi-line data becomes several `data:` lines.
@@ -88,53 +215,32 @@ pub fn encode_data(data: &str, out: &mut String) {
     out.push('\n');
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn data(text: &str) -> Vec<String> {
-        parse(text).into_iter().map(|e| e.data).collect()
-    }
-
-    #[test]
-    fn line_endings_are_all_accepted() {
-        assert_eq!(
-            data("data: a\n\ndata: b\r\n\r\ndata: c\r\r"),
-            ["a", "b", "c"]
-        );
-    }
-
-    #[test]
-    fn space_after_colon_is_optional() {
-        assert_eq!(data("data:a\n\ndata:  b\n\n"), ["a", " b"]);
-    }
-
-    #[test]
-    fn multi_line_data_is_joined() {
-        assert_eq!(data("data: a\ndata: b\n\n"), ["a\nb"]);
-    }
-
-    #[test]
-    fn comments_and_empty_blocks_produce_nothing() {
-        assert_eq!(data(": ping\n\nevent: x\n\ndata: y\n\n"), ["y"]);
-    }
-
-    #[test]
-    fn unterminated_block_is_dropped() {
-        assert_eq!(data("data: a\n\ndata: b"), ["a"]);
-    }
-
-    #[test]
-    fn event_name_is_kept() {
-        let events = parse("event: message_stop\ndata: {}\n\n");
-        assert_eq!(events[0].event.as_deref(), Some("message_stop"));
-    }
-
-    #[test]
-    fn encode_splits_lines() {
-        let mut out = String::new();
-        encode_data("a\nb", &mut out);
-        assert_eq!(out, "data: a\ndata: b\n\n");
-        assert_eq!(data(&out), ["a\nb"]);
+/// Encodes a frame in the canonical form: LF endings, one space after each colon.
+pub fn encode_frame(frame: &Frame, out: &mut String) {
+    match frame {
+        Frame::Event(event) => {
+            if let Some(name) = &event.event {
+                let _ = writeln!(out, "event: {name}");
+            }
+            if let Some(id) = &event.id {
+                let _ = writeln!(out, "id: {id}");
+            }
+            if let Some(retry) = event.retry {
+                let _ = writeln!(out, "retry: {retry}");
+            }
+            encode_data(&event.data, out);
+        }
+        Frame::Comment(text) => {
+            for line in text.split('\n') {
+                let _ = writeln!(out, ": {line}");
+            }
+            out.push('\n');
+        }
+        Frame::Retry(retry) => {
+            let _ = write!(out, "retry: {retry}\n\n");
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,6 +35,23 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub token_type: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub provider: String,
     pub outcome: String,
@@ -48,7 +65,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabels, Histogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
-    upstream_duration: Family<RouteLabels, Histogram>,
+    upstream_duration: Family<ProviderLabels, Histogram>,
+    tokens: Family<TokenLabels, Counter>,
+    hold_back_overflows: Family<PolicyLabels, Counter>,
     policy_rules: Gauge,
 }
 
@@ -88,7 +107,7 @@ impl Metrics {
             "Requests sent to model providers, by provider and outcome",
             upstream_requests.clone(),
         );
-        let upstream_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+        let upstream_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
         registry.register_with_unit(
@@ -97,6 +116,19 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             upstream_duration.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "gen_ai_tokens",
+            "Tokens per model and type (input, output); source tells reported from estimated",
+            tokens.clone(),
+        );
+        let hold_back_overflows = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "stream_hold_back_overflows",
+            "Times a stream released text unguarded because it exceeded stream.maxHoldBackBytes",
+            hold_back_overflows.clone(),
+        );
+
         let policy_rules = Gauge::default();
         registry.register(
             "policy_rules",
@@ -110,6 +142,8 @@ impl Metrics {
             request_duration,
             upstream_requests,
             upstream_duration,
+            tokens,
+            hold_back_overflows,
             policy_rules,
         })
     }
@@ -152,10 +186,34 @@ impl Metrics {
             })
             .inc();
         self.upstream_duration
-            .get_or_create(&RouteLabels {
-                route: provider.to_owned(),
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts tokens of one response; `source` is `upstream` when the provider reported
+    /// them and `estimate` when the sidecar estimated them.
+    pub fn record_tokens(&self, model: &str, input: u64, output: u64, source: &str) {
+        for (kind, count) in [("input", input), ("output", output)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_owned(),
+                    token_type: kind.to_owned(),
+                    source: source.to_owned(),
+                })
+                .inc_by(count);
+        }
+    }
+
+    /// Counts times the streaming guard released text unguarded because a channel held
+    /// back more than the policy's limit.
+    pub fn record_hold_back_overflows(&self, policy: &str, count: u64) {
+        self.hold_back_overflows
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+            })
+            .inc_by(count);
     }
 
     pub fn set_policy_rules(&self, count: usize) {

@@ -59,18 +59,32 @@ pub(super) fn run_end(bytes: &[u8], from: usize, class: impl Fn(u8) -> bool) -> 
 
 /// Returns the end of the ASCII digit run that starts at `from`.
 pub(super) fn digit_run_end(bytes: &[u8], from: usize) -> usize {
-    run_end(bytes, from, |b| b.is_ascii_digit())
+    let mut end = from;
+    while let Some(word) = load_word(bytes, end) {
+        let non_digits = non_digit_mask(word);
+        if non_digits != 0 {
+            return end + first_marked_byte(non_digits);
+        }
+        end += WORD_BYTES;
+    }
+    run_end(bytes, end, |b| b.is_ascii_digit())
 }
 
 /// Returns the position of the first ASCII digit at or after `from`.
 pub(super) fn find_digit(bytes: &[u8], from: usize) -> Option<usize> {
     let from = from.min(bytes.len());
     // Digit-heavy text has the next digit a few bytes away, so look there first.
-    let near_end = (from + DIGIT_SEARCH_BLOCK).min(bytes.len());
-    if let Some(offset) = bytes[from..near_end].iter().position(u8::is_ascii_digit) {
-        return Some(from + offset);
+    let mut block_start = from;
+    for _ in 0..2 {
+        let Some(word) = load_word(bytes, block_start) else {
+            break;
+        };
+        let digits = !non_digit_mask(word) & HIGH_BITS;
+        if digits != 0 {
+            return Some(block_start + first_marked_byte(digits));
+        }
+        block_start += WORD_BYTES;
     }
-    let mut block_start = near_end;
     while let Some(block) = bytes.get(block_start..block_start + DIGIT_SEARCH_BLOCK) {
         let has_digit = block
             .iter()
@@ -84,6 +98,34 @@ pub(super) fn find_digit(bytes: &[u8], from: usize) -> Option<usize> {
         .iter()
         .position(u8::is_ascii_digit)
         .map(|offset| block_start + offset)
+}
+
+const WORD_BYTES: usize = 8;
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Returns the 8 bytes at `start` as a little-endian word, so that byte `i` of the slice
+/// is byte `i` of the word counted from the least significant end.
+fn load_word(bytes: &[u8], start: usize) -> Option<u64> {
+    let chunk: [u8; WORD_BYTES] = bytes.get(start..start + WORD_BYTES)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// Returns `word` with the high bit set in each byte that is not an ASCII digit and all
+/// other bits clear.
+///
+/// XOR with `0x30` maps digits to 0..=9. Adding `0x76` to the low 7 bits sets bit 7
+/// exactly when they are 10 or more, and cannot carry into the next byte because
+/// `0x7F + 0x76 < 0x100`. Bytes that already had bit 7 set are not digits either.
+fn non_digit_mask(word: u64) -> u64 {
+    let shifted = word ^ (0x30 * LOW_BITS);
+    let above_nine = (shifted & (0x7F * LOW_BITS)) + (0x76 * LOW_BITS);
+    (above_nine | shifted) & HIGH_BITS
+}
+
+/// Returns the index of the lowest byte whose high bit is set in the non-zero `mask`.
+fn first_marked_byte(mask: u64) -> usize {
+    (mask.trailing_zeros() / 8) as usize
 }
 
 /// Returns whether `word` occurs as a whole word in `bytes[from..to]`, ignoring ASCII case.
@@ -178,6 +220,37 @@ mod tests {
         assert_eq!(find_digit(text.as_bytes(), 100), Some(100));
         assert_eq!(find_digit(text.as_bytes(), 101), None);
         assert_eq!(find_digit(b"a1", 0), Some(1));
+        assert_eq!(find_digit(b"abc", 3), None);
+        assert_eq!(find_digit(b"abc", 99), None);
+        assert_eq!(digit_run_end(b"12345678901234567890x", 0), 20);
+        assert_eq!(digit_run_end(b"12345678", 8), 8);
+    }
+
+    #[test]
+    fn digit_scans_match_scalar_for_every_byte() {
+        // Each byte value at each position of an 8-byte word, between digits, so that
+        // both word-at-a-time searches see it.
+        for value in 0..=u8::MAX {
+            for position in 0..12 {
+                let mut bytes = vec![b'7'; 12];
+                bytes[position] = value;
+                let expected_end = bytes.iter().position(|b| !b.is_ascii_digit()).unwrap_or(12);
+                assert_eq!(
+                    digit_run_end(&bytes, 0),
+                    expected_end,
+                    "{value:#x} at {position}"
+                );
+
+                let mut gap = vec![b'x'; 20];
+                gap[position] = value;
+                let expected_digit = gap.iter().position(u8::is_ascii_digit);
+                assert_eq!(
+                    find_digit(&gap, 0),
+                    expected_digit,
+                    "{value:#x} at {position}"
+                );
+            }
+        }
     }
 
     #[test]

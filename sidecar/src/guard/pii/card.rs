@@ -19,10 +19,10 @@ const MAX_DIGITS: usize = 19;
 const MAX_GROUPS: usize = 5;
 
 /// Returns the end of the longest valid card number whose first digit group is the run
-/// starting at `start`. The caller has checked the boundary before `start`.
-pub(super) fn card_at(bytes: &[u8], start: usize) -> Option<usize> {
+/// `bytes[start..first_end]`. The caller has checked the boundary before `start`.
+pub(super) fn card_at(bytes: &[u8], start: usize, first_end: usize) -> Option<usize> {
     // Every layout starts with a group of 4 digits or is a single group of 13 to 19.
-    let first_len = digit_run_end(bytes, start) - start;
+    let first_len = first_end - start;
     if first_len != 4 && !(MIN_DIGITS..=MAX_DIGITS).contains(&first_len) {
         return None;
     }
@@ -104,7 +104,8 @@ mod tests {
     /// Runs `card_at` at the first digit of `text` and returns the matched text.
     fn card_in(text: &str) -> Option<&str> {
         let start = text.find(|c: char| c.is_ascii_digit())?;
-        card_at(text.as_bytes(), start).map(|end| &text[start..end])
+        let first_end = digit_run_end(text.as_bytes(), start);
+        card_at(text.as_bytes(), start, first_end).map(|end| &text[start..end])
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub(super) fn find(bytes: &[u8], out: &mut Vec<Candidate>) {
 /// Returns the start of the local part that ends at the `@` at `at`.
 fn local_part_start(bytes: &[u8], at: usize) -> Option<usize> {
     let mut start = at;
-    // One byte past the limit tells a too-long local part from one that fits exactly.
+    // Walking one byte past the limit distinguishes a too-long local part from one that
+    // fits exactly.
     while start > 0 && at - start <= MAX_LOCAL_LEN && is_local_byte(bytes[start - 1]) {
         start -= 1;
     }

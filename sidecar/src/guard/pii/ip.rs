@@ -7,8 +7,10 @@
 //! IPv6: a run of hex digits, colons and dots around a `:` that
 //! [`std::net::Ipv6Addr`] parses, in full, compressed (`::`) or IPv4-embedded form. The
 //! run needs at least two colons and one decimal digit, so times (`12:30`, `12:30:45`),
-//! a lone `::`, `std::vec` and MAC addresses do not match. Zone indexes (`%eth0`) and
-//! brackets stay outside the match.
+//! a lone `::`, `std::vec` and MAC addresses do not match. Python slices such as
+//! `a[1::2]` and `a[::10]` parse as IPv6 too, so an address of at most two groups that
+//! are all one or two decimal digits is rejected, except the loopback `::1`. Zone
+//! indexes (`%eth0`) and brackets stay outside the match.
 
 use std::net::Ipv6Addr;
 
@@ -108,13 +110,28 @@ fn ipv6_in_run(bytes: &[u8], mut start: usize, mut end: usize) -> Option<(usize,
 
 fn parses_as_ipv6(candidate: &[u8]) -> bool {
     let colons = candidate.iter().filter(|&&b| b == b':').count();
-    if colons < 2 || candidate.len() > MAX_IPV6_LEN || !candidate.iter().any(u8::is_ascii_digit) {
+    if colons < 2
+        || candidate.len() > MAX_IPV6_LEN
+        || !candidate.iter().any(u8::is_ascii_digit)
+        || looks_like_slice(candidate)
+    {
         return false;
     }
     std::str::from_utf8(candidate)
         .ok()
         .and_then(|text| text.parse::<Ipv6Addr>().ok())
         .is_some()
+}
+
+/// Returns whether `candidate` has at most two groups, all of one or two decimal digits
+/// (`1::2`, `::10`), and is not the loopback `::1`.
+fn looks_like_slice(candidate: &[u8]) -> bool {
+    let mut groups = candidate
+        .split(|&b| b == b':')
+        .filter(|group| !group.is_empty());
+    let short_decimal = |group: &[u8]| group.len() <= 2 && group.iter().all(u8::is_ascii_digit);
+    let small = groups.clone().count() <= 2 && groups.all(short_decimal);
+    small && candidate != b"::1"
 }
 
 fn is_ipv6_byte(b: u8) -> bool {
@@ -196,6 +213,10 @@ mod tests {
             ("2001:db8::1x", &[]),
             ("x2001:db8::1", &[]),
             ("1:2:3:4:5:6:7:8:9", &[]),
+            ("evens = a[::2]", &[]),
+            ("step a[1::2] or b[10::20]", &[]),
+            ("range 1::abc", &["1::abc"]),
+            ("host [::1]:8080", &["::1"]),
         ];
         for &(text, expected) in cases {
             assert_eq!(ipv6_in(text), expected, "{text:?}");

@@ -3,12 +3,12 @@
 //! A [`Scanner`] is built once per policy from the enabled [`BuiltinEntity`] values and
 //! the policy's [`CustomEntity`] regexes, and is then shared between requests.
 //! [`Scanner::scan`] finds candidates with cheap byte searches instead of running one
-//! regex per entity over the text: one pass over the ASCII digit runs for phone numbers,
-//! payment cards, IBANs, US SSNs and IPv4 addresses, `memchr` for `@` (email) and `:`
-//! (IPv6), and one Aho-Corasick search for secret prefixes. Hand-written checks then
-//! validate each candidate. The module of each recognizer lists what it accepts and
-//! rejects: `email`, `phone`, `card`, `iban`, `numbers` (US SSN), `ip`, `secrets` and
-//! `custom`.
+//! regex per entity over the text. One pass over the ASCII digit runs serves phone
+//! numbers, payment cards, IBANs, US SSNs and IPv4 addresses. `memchr` finds `@` for
+//! email and `:` for IPv6, and one Aho-Corasick search finds secret prefixes.
+//! Hand-written checks then validate each candidate. The module of each recognizer
+//! lists what it accepts and rejects: `email`, `phone`, `card`, `iban`, `numbers` (US
+//! SSN), `ip`, `secrets` and `custom`.
 //!
 //! Builtin matches start and end next to ASCII bytes, so their offsets are char
 //! boundaries. Only ASCII letters and digits form tokens. Other characters (CJK, emoji,
@@ -131,6 +131,7 @@ pub struct PiiMatch {
     pub end: usize,
 }
 
+/// Errors from building a [`Scanner`].
 #[derive(Debug, thiserror::Error)]
 pub enum ScannerError {
     #[error("custom entity {entity:?} has an invalid pattern: {source}")]
@@ -185,8 +186,8 @@ impl Candidate {
     }
 }
 
-/// Recognizers compiled for one policy. Cheap to share: `Send + Sync`, and scanning
-/// takes `&self`.
+/// Recognizers compiled for one policy. The scanner is `Send + Sync` and scans through
+/// `&self`, so one instance can be shared behind an `Arc`.
 #[derive(Debug)]
 pub struct Scanner {
     builtins: BuiltinSet,
@@ -292,7 +293,7 @@ impl Scanner {
 /// kept one, and so on, with ties going to the higher priority.
 fn resolve_overlaps(candidates: &mut [Candidate], out: &mut Vec<PiiMatch>) {
     candidates.sort_unstable_by_key(|c| (c.start, c.end, c.entity.priority()));
-    let mut kept: Vec<Candidate> = Vec::new();
+    let mut accepted: Vec<Candidate> = Vec::new();
     let mut cluster_start = 0;
     while cluster_start < candidates.len() {
         let mut cluster_end = cluster_start + 1;
@@ -309,22 +310,22 @@ fn resolve_overlaps(candidates: &mut [Candidate], out: &mut Vec<PiiMatch>) {
             continue;
         }
         cluster.sort_unstable_by_key(|c| (Reverse(c.end - c.start), c.entity.priority(), c.start));
-        // `kept` stays sorted by start and free of overlaps, so only the neighbours at
-        // the insertion point can overlap a candidate.
-        kept.clear();
+        // `accepted` stays sorted by start and free of overlaps, so only the neighbours
+        // at the insertion point can overlap a candidate.
+        accepted.clear();
         for candidate in cluster.iter() {
-            let index = kept.partition_point(|k| k.start < candidate.start);
+            let index = accepted.partition_point(|kept| kept.start < candidate.start);
             let overlaps_previous = index
                 .checked_sub(1)
-                .is_some_and(|previous| kept[previous].end > candidate.start);
-            let overlaps_next = kept
+                .is_some_and(|previous| accepted[previous].end > candidate.start);
+            let overlaps_next = accepted
                 .get(index)
                 .is_some_and(|next| next.start < candidate.end);
             if !overlaps_previous && !overlaps_next {
-                kept.insert(index, *candidate);
+                accepted.insert(index, *candidate);
             }
         }
-        out.extend(kept.iter().map(to_match));
+        out.extend(accepted.iter().map(to_match));
     }
 }
 

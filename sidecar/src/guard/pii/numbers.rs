@@ -5,10 +5,10 @@
 //! numbers is still found (`ref 99 4111 1111 1111 1111`). Each recognizer reads a
 //! bounded number of groups from its start, which keeps the pass linear in the text.
 //!
-//! US_SSN accepts `AAA-GG-SSSS` and `AAA GG SSSS` (one kind of separator) everywhere, and
-//! nine bare digits only when the word "ssn" or the phrase "social security" (any case,
-//! whole words) ends within the 32 bytes before the number, because nine-digit numbers
-//! are common in other roles. Numbers that cannot be issued are rejected (see
+//! US_SSN accepts `AAA-GG-SSSS` and `AAA GG SSSS` (one kind of separator) everywhere.
+//! Nine bare digits count only when the word "ssn" or the phrase "social security" (any
+//! case, whole words) lies within the 32 bytes before the number, because nine-digit
+//! numbers are common in other roles. Numbers that cannot be issued are rejected (see
 //! [`ssn_valid`]).
 
 use super::boundary::{contains_ascii_word, digit_run_end, ends_token, find_digit, starts_token};
@@ -36,6 +36,9 @@ pub(super) fn find(bytes: &[u8], entities: BuiltinSet, out: &mut Vec<Candidate>)
     while let Some(start) = find_digit(bytes, pos) {
         let end = digit_run_end(bytes, start);
         pos = end;
+        // Each recognizer accepts only a few lengths for its first digit run. The checks
+        // below skip most runs of digit-heavy text without reading them again.
+        let len = end - start;
 
         if iban && check_digits_at(bytes, start, end) {
             let country_start = start - 2;
@@ -47,7 +50,7 @@ pub(super) fn find(bytes: &[u8], entities: BuiltinSet, out: &mut Vec<Candidate>)
                 ));
             }
         }
-        let phone_span = phone.then(|| phone_at(bytes, start)).flatten();
+        let phone_span = phone.then(|| phone_at(bytes, start, end)).flatten();
         if let Some((phone_start, phone_end)) = phone_span {
             out.push(Candidate::builtin(
                 BuiltinEntity::Phone,
@@ -58,7 +61,7 @@ pub(super) fn find(bytes: &[u8], entities: BuiltinSet, out: &mut Vec<Candidate>)
         if !starts_token(bytes, start) {
             continue;
         }
-        let card_end = card.then(|| card_at(bytes, start)).flatten();
+        let card_end = card.then(|| card_at(bytes, start, end)).flatten();
         if let Some(card_end) = card_end {
             out.push(Candidate::builtin(
                 BuiltinEntity::CreditCard,
@@ -66,11 +69,16 @@ pub(super) fn find(bytes: &[u8], entities: BuiltinSet, out: &mut Vec<Candidate>)
                 card_end,
             ));
         }
-        let ssn_end = ssn.then(|| ssn_at(bytes, start, end)).flatten();
+        let ssn_end = (ssn && (len == 3 || len == 9))
+            .then(|| ssn_at(bytes, start, end))
+            .flatten();
         if let Some(ssn_end) = ssn_end {
             out.push(Candidate::builtin(BuiltinEntity::UsSsn, start, ssn_end));
         }
-        let ip_end = ipv4.then(|| ipv4_at(bytes, start)).flatten();
+        let may_be_octet = len <= 3 && bytes.get(end) == Some(&b'.');
+        let ip_end = (ipv4 && may_be_octet)
+            .then(|| ipv4_at(bytes, start))
+            .flatten();
         if let Some(ip_end) = ip_end {
             out.push(Candidate::builtin(BuiltinEntity::IpAddress, start, ip_end));
         }

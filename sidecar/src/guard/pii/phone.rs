@@ -7,9 +7,10 @@
 //! that would push the total past 15 digits ends the number before it. A dot- or
 //! hyphen-separated one rejects the whole candidate, because it continues a longer token.
 //!
-//! North American without `+`: `(415) 555-2671`, `415-555-2671`, `415.555.2671`,
-//! `415 555 2671` and the same after `1` plus a separator (`1-415-555-2671`,
-//! `1 (415) 555-2671`). The two separators of `AAA?EEE?SSSS` must be the same character.
+//! North American without `+`: `(415) 555-2671` (also `(415)555-2671` and
+//! `(415)-555-2671`), `415-555-2671`, `415.555.2671`, `415 555 2671`, and the same after
+//! `1` plus a separator (`1-415-555-2671`, `1 (415) 555-2671`). The two separators of
+//! `AAA?EEE?SSSS` must be the same character.
 //! Area code and exchange code start with 2-9. A bare run of 10 digits is not a phone
 //! number, so timestamps such as `1548138160707` never match.
 //!
@@ -18,11 +19,11 @@
 //! Dates (`2024-01-15`), versions and IPv4 addresses do not have the group layout above.
 //!
 //! The `phonenumber` crate (a port of Google's libphonenumber) is not used, because it is
-//! not a dependency of this crate. Version 0.3.10+9.0.33 is a 2.2 MB crate whose build
-//! script compiles about 1 MB of XML metadata into a database that is deserialized on
-//! first use. It compiles number patterns lazily into a regex cache behind one `Mutex`
-//! shared by all threads.
-//! TODO: check candidates against per-country number plans (lengths and prefixes) as libphonenumber does.
+//! not a dependency of this crate. Version 0.3.10+9.0.33 is a 2.2 MB download whose build
+//! script turns about 1 MB of XML metadata into a database that is deserialized on first
+//! use. That database keeps its number patterns as `regex_cache::CachedRegex` values
+//! that share one LRU cache of 100 regexes behind a `Mutex`.
+//! TODO: check numbers against per-country plans (lengths, prefixes) as libphonenumber does.
 
 use super::boundary::{digit_run_end, ends_token, starts_token};
 use super::validators::{calling_code_len, nanp_valid};
@@ -34,10 +35,11 @@ const MIN_INTERNATIONAL_DIGITS: usize = 8;
 /// Maximum number of digits in a parenthesized group such as `(0)` or `(020)`.
 const MAX_PARENTHESIZED_DIGITS: usize = 4;
 
-/// Returns the span of a phone number whose first digits are the run at `run_start`. A
-/// `+` or `(` right before the run belongs to the number.
-pub(super) fn phone_at(bytes: &[u8], run_start: usize) -> Option<(usize, usize)> {
+/// Returns the span of a phone number whose first digits are the run
+/// `bytes[run_start..run_end]`. A `+` or `(` right before the run belongs to the number.
+pub(super) fn phone_at(bytes: &[u8], run_start: usize, run_end: usize) -> Option<(usize, usize)> {
     let prev = run_start.checked_sub(1).map(|i| bytes[i]);
+    let run_len = run_end - run_start;
     match prev {
         Some(b'+') => {
             let plus = run_start - 1;
@@ -45,13 +47,14 @@ pub(super) fn phone_at(bytes: &[u8], run_start: usize) -> Option<(usize, usize)>
         }
         Some(b'(') => {
             let open = run_start - 1;
-            if !starts_token(bytes, open) {
+            if run_len != 3 || !starts_token(bytes, open) {
                 return None;
             }
             nanp_parenthesized(bytes, open).map(|end| (open, end))
         }
         _ => {
-            if !starts_token(bytes, run_start) {
+            // The first run is the area code or the trunk prefix `1`.
+            if !(run_len == 3 || run_len == 1) || !starts_token(bytes, run_start) {
                 return None;
             }
             nanp_plain(bytes, run_start).map(|end| (run_start, end))
@@ -166,15 +169,15 @@ fn nanp_groups(bytes: &[u8], start: usize) -> Option<usize> {
     (ends_token(bytes, end) && nanp_valid(&national)).then_some(end)
 }
 
-/// Parses `(AAA) EEE-SSSS` with the `(` at `open`. The space after `)` is optional, and
-/// the last separator is a space, hyphen or dot.
+/// Parses `(AAA) EEE-SSSS` with the `(` at `open`. After `)` comes an optional space or
+/// hyphen, and the last separator is a space, hyphen or dot.
 fn nanp_parenthesized(bytes: &[u8], open: usize) -> Option<usize> {
     let area_end = exact_run(bytes, open + 1, 3)?;
     if bytes.get(area_end) != Some(&b')') {
         return None;
     }
     let mut exchange_start = area_end + 1;
-    if bytes.get(exchange_start) == Some(&b' ') {
+    if matches!(bytes.get(exchange_start), Some(b' ' | b'-')) {
         exchange_start += 1;
     }
     let exchange_end = exact_run(bytes, exchange_start, 3)?;
@@ -213,10 +216,11 @@ mod tests {
         let mut pos = 0;
         while let Some(offset) = bytes[pos..].iter().position(u8::is_ascii_digit) {
             let start = pos + offset;
-            if let Some((s, e)) = phone_at(bytes, start) {
+            let end = digit_run_end(bytes, start);
+            if let Some((s, e)) = phone_at(bytes, start, end) {
                 found.push(&text[s..e]);
             }
-            pos = digit_run_end(bytes, start);
+            pos = end;
         }
         found
     }
@@ -226,6 +230,7 @@ mod tests {
         let cases = [
             ("(415) 555-2671", "(415) 555-2671"),
             ("(415)555-2671", "(415)555-2671"),
+            ("(415)-555-2671", "(415)-555-2671"),
             ("415-555-2671", "415-555-2671"),
             ("415.555.2671", "415.555.2671"),
             ("415 555 2671", "415 555 2671"),
@@ -271,6 +276,7 @@ mod tests {
             "415-555-2671-9",
             "9415-555-2671",
             "415-555.2671",
+            "(415)  555-2671",
             "4111 1111 1111 1111",
             "4111-1111-1111-1111",
             "DE89 3704 0044 0532 0130 00",

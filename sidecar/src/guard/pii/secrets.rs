@@ -4,21 +4,28 @@
 //! Every secret must start and end on a boundary of its own character set, so a prefix
 //! inside a longer token (`xAKIA…`, `task-…`) does not match.
 //!
-//! | Kind | Accepted form |
-//! |------|---------------|
-//! | AWS access key id | `AKIA`, `ASIA`, `ABIA` or `ACCA`, then exactly 16 of `[A-Z0-9]` |
-//! | GitHub token | `ghp_`, `gho_`, `ghu_`, `ghs_` or `ghr_`, then exactly 36 of `[A-Za-z0-9]` |
-//! | GitHub fine-grained token | `github_pat_`, then exactly 82 of `[A-Za-z0-9_]` |
-//! | PEM private key | `-----BEGIN <label>-----` whose label contains `PRIVATE KEY`, through the matching `-----END <label>-----` |
-//! | JWT | 3 to 5 base64url segments joined by dots, the first starting `eyJ` and at least 10 long |
-//! | Bearer token | the token after `Bearer`, `bearer` or `BEARER` and spaces: at least 16 of `[A-Za-z0-9._~+/-]` plus `=` padding, not all lower-case letters |
-//! | Slack token | `xoxb-`, `xoxa-`, `xoxp-`, `xoxr-` or `xoxs-`, then at least 10 of `[A-Za-z0-9-]` with a digit |
-//! | OpenAI-style key | `sk-`, then at least 20 of `[A-Za-z0-9_-]` with an upper-case letter, a lower-case letter and a digit |
-//! | Stripe live key | `sk_live_` or `rk_live_`, then at least 20 of `[A-Za-z0-9]` |
-//! | Google API key | `AIza`, then exactly 35 of `[A-Za-z0-9_-]` |
+//! Accepted forms:
 //!
-//! The mixed-case rule for `sk-` keys keeps words such as `sk-learn-compatible-estimators`
-//! out. Unsigned JWTs, whose last segment is empty, are not matched.
+//! - AWS access key id: `AKIA`, `ASIA`, `ABIA` or `ACCA`, then exactly 16 of `[A-Z0-9]`.
+//! - GitHub token: `ghp_`, `gho_`, `ghu_`, `ghs_` or `ghr_`, then exactly 36 of
+//!   `[A-Za-z0-9]`.
+//! - GitHub fine-grained token: `github_pat_`, then exactly 82 of `[A-Za-z0-9_]`.
+//! - PEM private key: `-----BEGIN <label>-----` whose label contains `PRIVATE KEY`,
+//!   through the matching `-----END <label>-----`. The whole block is the match.
+//! - JWT (and JWE): 3 to 5 base64url segments joined by dots, the first starting with
+//!   `eyJ` and at least 10 long.
+//! - Bearer token: the token after `Bearer`, `bearer` or `BEARER` and spaces or tabs, at
+//!   least 16 of `[A-Za-z0-9._~+/-]` plus `=` padding and not all lower-case letters. The
+//!   keyword stays outside the match.
+//! - Slack token: `xoxb-`, `xoxa-`, `xoxp-`, `xoxr-` or `xoxs-`, then at least 10 of
+//!   `[A-Za-z0-9-]` with a digit among them.
+//! - OpenAI-style key: `sk-`, then at least 20 of `[A-Za-z0-9_-]` with an upper-case
+//!   letter, a lower-case letter and a digit among them. This keeps words such as
+//!   `sk-learn-compatible-estimators` out.
+//! - Stripe live key: `sk_live_` or `rk_live_`, then at least 20 of `[A-Za-z0-9]`.
+//! - Google API key: `AIza`, then exactly 35 of `[A-Za-z0-9_-]`.
+//!
+//! Unsigned JWTs, whose last segment is empty, are not matched.
 
 use aho_corasick::{AhoCorasick, BuildError, Input, MatchKind};
 use memchr::memmem;
@@ -27,7 +34,7 @@ use super::boundary::{is_word_byte, run_end};
 use super::{BuiltinEntity, Candidate};
 
 /// Maximum length in bytes of a PEM block, header and footer included. An RSA 8192-bit
-/// private key in PKCS#1 PEM is about 6.4 KiB.
+/// private key from `openssl genrsa -traditional 8192` (OpenSSL 3) is 6,363 bytes.
 pub(super) const MAX_PEM_LEN: usize = 16 * 1024;
 const MAX_PEM_LABEL_LEN: usize = 64;
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";

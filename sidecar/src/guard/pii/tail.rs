@@ -1,7 +1,7 @@
 //! Streaming hold-back: how many bytes at the end of a text could still become part of a
 //! match, or the context that confirms one, once more text arrives.
 //!
-//! The estimate is conservative. It holds the trailing run of token bytes (ASCII letters,
+//! The estimate is conservative. It covers the trailing run of token bytes (ASCII letters,
 //! digits and `@ . - _ + ( ) : / = % ~`), which may contain single spaces between groups
 //! of digits or upper-case letters (`4111 1111`, `DE89 3704`, `(415) 555`). It extends
 //! the run back over a preceding `Bearer` keyword, an unterminated PEM block, the SSN
@@ -18,8 +18,11 @@ use super::secrets::unterminated_pem_start;
 use super::{BuiltinEntity, Scanner};
 
 /// Maximum length in bytes of the trailing token run that is held back. Emails (at most
-/// 318 bytes), card numbers, IBANs and API keys fit with room to spare, and JWTs rarely
-/// exceed a few KiB. PEM blocks are held up to `secrets::MAX_PEM_LEN` instead.
+/// 318 bytes), card numbers, IBANs and API keys fit with room to spare. PEM blocks are
+/// held up to `secrets::MAX_PEM_LEN` instead.
+///
+/// NOTE: a JWT or bearer token longer than this is split, and its first part is not
+/// recognized.
 pub(super) const MAX_TOKEN_TAIL: usize = 8 * 1024;
 /// Maximum number of spaces or tabs between `Bearer` and the held-back run.
 const MAX_BEARER_GAP: usize = 8;

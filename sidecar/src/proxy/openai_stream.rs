@@ -1,0 +1,271 @@
+//! Streamed chat completions: the upstream's event stream flows through the streaming
+//! guard to the client, one released piece at a time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::error::ProxyError;
+use super::{ProxyState, VERDICT_HEADER};
+use crate::dialect::openai::{self as dialect, ChatRequest};
+use crate::guard::Guard;
+use crate::policy::spec::StreamGuardMode;
+use crate::sse::{DEFAULT_MAX_EVENT_BYTES, Decoder};
+use crate::stream::StreamMode;
+use crate::stream::openai::{Flow, OpenAiStream};
+
+/// Released pieces queued for the client before the reader waits; a slow client slows
+/// the upstream read instead of growing memory.
+const CLIENT_QUEUE_DEPTH: usize = 32;
+
+/// What a streamed request needs after the response headers are sent.
+pub(super) struct StreamContext {
+    pub guard: Arc<Guard>,
+    pub model: String,
+    pub conversation: Option<String>,
+    pub request_messages: Vec<crate::dialect::Message>,
+    /// Rough size of the request text, for a token estimate when the upstream reports
+    /// no usage.
+    pub request_text_bytes: usize,
+}
+
+/// Asks the upstream for usage in the stream. Returns true when the sidecar added the
+/// option, so the extra usage chunk must not reach the client.
+pub(super) fn request_usage(chat: &mut ChatRequest) -> bool {
+    let already = chat
+        .body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    if already {
+        return false;
+    }
+    match chat.body.get_mut("stream_options") {
+        Some(Value::Object(options)) => {
+            options.insert("include_usage".to_owned(), Value::Bool(true));
+        }
+        _ => {
+            chat.body
+                .insert("stream_options".to_owned(), json!({"include_usage": true}));
+        }
+    }
+    true
+}
+
+/// Sends a streamed request and returns the client's response: a guarded event stream,
+/// or the upstream's answer as it came when it is an error or not a stream.
+pub(super) async fn stream_chat(
+    state: &ProxyState,
+    body: Bytes,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    strip_usage: bool,
+    context: StreamContext,
+) -> Result<Response, ProxyError> {
+    let response = state
+        .openai
+        .open(Method::POST, "chat/completions", query, headers, body)
+        .await?;
+    let is_event_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !response.status().is_success() || !is_event_stream {
+        let whole = state.openai.read_whole(response).await?;
+        return super::openai::finish_whole(state, whole, &context).await;
+    }
+
+    let provider_headers = response.headers().clone();
+    let policy = context.guard.policy().clone();
+    let mode = match policy.stream.mode {
+        StreamGuardMode::Guarded => StreamMode::Guarded,
+        StreamGuardMode::Monitor => StreamMode::Monitor,
+    };
+    let guarded = OpenAiStream::new(
+        context.guard.clone(),
+        mode,
+        policy.stream.max_hold_back_bytes,
+        strip_usage,
+    );
+    let (sender, receiver) = mpsc::channel::<Bytes>(CLIENT_QUEUE_DEPTH);
+    tokio::spawn(pump(state.clone(), response, guarded, sender, context));
+
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), receiver))
+    });
+    let mut client_response = Response::new(Body::from_stream(body));
+    let out = client_response.headers_mut();
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies in front of the client not to buffer the stream.
+    out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    out.insert(VERDICT_HEADER, HeaderValue::from_static("streaming"));
+    super::openai::copy_provider_headers(&provider_headers, out);
+    Ok(client_response)
+}
+
+/// Reads the upstream body, guards it, and sends each released piece to the client at
+/// once. Ends when the stream completes, fails, or the client goes away.
+async fn pump(
+    state: ProxyState,
+    response: reqwest::Response,
+    mut guarded: OpenAiStream,
+    sender: mpsc::Sender<Bytes>,
+    context: StreamContext,
+) {
+    let policy = context.guard.policy().clone();
+    let policy_label = policy.identity.name.clone();
+    let idle = state.openai.stream_idle_timeout;
+    let mut decoder = Decoder::new(DEFAULT_MAX_EVENT_BYTES);
+    let mut upstream = response.bytes_stream();
+    let mut frames = Vec::new();
+    let mut out = String::new();
+    let mut client_gone = false;
+
+    let flow = loop {
+        let next = tokio::time::timeout(idle, upstream.next()).await;
+        let flow = match next {
+            Err(_) => {
+                tracing::warn!(provider = state.openai.name, "upstream stream went idle");
+                guarded.fail(
+                    &mut out,
+                    "upstream sent nothing within the idle timeout",
+                    "upstream_timeout",
+                )
+            }
+            Ok(None) => {
+                if decoder.finish() {
+                    tracing::debug!("upstream stream ended inside an event");
+                }
+                guarded.on_upstream_end(&mut out)
+            }
+            Ok(Some(Err(error))) => {
+                tracing::warn!(provider = state.openai.name, error = %error, "upstream stream failed");
+                guarded.fail(
+                    &mut out,
+                    "upstream connection failed during the stream",
+                    "upstream_unavailable",
+                )
+            }
+            Ok(Some(Ok(bytes))) => match decoder.feed(&bytes, &mut frames) {
+                Err(error) => {
+                    tracing::warn!(provider = state.openai.name, error = %error, "upstream stream is not a valid event stream");
+                    guarded.fail(
+                        &mut out,
+                        &format!("upstream stream is invalid: {error}"),
+                        "upstream_invalid_response",
+                    )
+                }
+                Ok(()) => {
+                    let mut flow = Flow::Continue;
+                    for frame in frames.drain(..) {
+                        flow = guarded.on_frame(frame, &mut out);
+                        if flow != Flow::Continue {
+                            break;
+                        }
+                    }
+                    frames.clear();
+                    flow
+                }
+            },
+        };
+        state
+            .metrics
+            .record_findings(&policy_label, &guarded.take_findings());
+        if !out.is_empty()
+            && sender
+                .send(Bytes::from(std::mem::take(&mut out)))
+                .await
+                .is_err()
+        {
+            client_gone = true;
+            break Flow::Failed;
+        }
+        if flow != Flow::Continue {
+            break flow;
+        }
+    };
+
+    let overflows = guarded.hold_back_overflows();
+    if overflows > 0 {
+        state
+            .metrics
+            .record_hold_back_overflows(&policy_label, overflows);
+    }
+    if client_gone {
+        tracing::debug!(model = %context.model, "client closed the stream");
+        return;
+    }
+    let completion = guarded.released_completion();
+    record_usage(&state, &context, guarded.usage(), &completion);
+    if flow != Flow::Finished || guarded.error.is_some() {
+        // A failed or blocked stream is not stored as a complete turn.
+        return;
+    }
+    if let Some(id) = &context.conversation {
+        let mut messages = context.request_messages.clone();
+        messages.extend(dialect::response_message(&completion));
+        super::store_turn(&state, id, &context.model, &policy, messages).await;
+    }
+}
+
+/// Records token usage: the upstream's figures when it reported them, else an estimate of
+/// four bytes per token, labelled as such.
+pub(super) fn record_usage(
+    state: &ProxyState,
+    context: &StreamContext,
+    usage: Option<&Value>,
+    completion: &Value,
+) {
+    let reported = usage.and_then(|u| {
+        let input = u.get("prompt_tokens")?.as_u64()?;
+        let output = u.get("completion_tokens")?.as_u64()?;
+        Some((input, output))
+    });
+    match reported {
+        Some((input, output)) => {
+            state
+                .metrics
+                .record_tokens(&context.model, input, output, "upstream")
+        }
+        None => {
+            // TODO: count with the model's tokenizer once the token counter is in place;
+            // four bytes per token is the usual rough figure for English text.
+            let output_bytes: usize = completion
+                .get("choices")
+                .and_then(Value::as_array)
+                .map(|choices| {
+                    choices
+                        .iter()
+                        .map(|c| {
+                            c.pointer("/message/content")
+                                .and_then(Value::as_str)
+                                .map_or(0, str::len)
+                        })
+                        .sum()
+                })
+                .unwrap_or(0);
+            state.metrics.record_tokens(
+                &context.model,
+                (context.request_text_bytes / 4) as u64,
+                (output_bytes / 4) as u64,
+                "estimate",
+            );
+        }
+    }
+}

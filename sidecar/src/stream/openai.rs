@@ -1,0 +1,510 @@
+//! The streaming guard's adapter for OpenAI Chat Completions chunks.
+//!
+//! Each upstream event is parsed once. Text deltas go through a [`TextStream`] per
+//! choice and are re-emitted in the upstream's chunk envelope as soon as they may be
+//! released. Tool-call deltas are assembled by `index` and released whole, after the
+//! action and PII checks, when the choice finishes. Role and unknown delta fields pass
+//! through at once. Per-token `logprobs` are dropped, because held-back and rewritten
+//! text no longer lines up with the upstream's tokens.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::text::{Release, StreamMode, TextStream};
+use crate::dialect::openai::{StreamAssembly, guard_tool_calls};
+use crate::guard::{Finding, Guard, Verdict};
+use crate::policy::spec::{BlockResponse, Direction};
+use crate::sse::{self, Frame};
+
+/// What the caller does after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The client's stream is complete (`[DONE]` or a refusal was sent).
+    Finished,
+    /// The client's stream ended with an error event; the turn is not complete.
+    Failed,
+}
+
+/// Why a stream ended with an error event, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    Blocked { rule: String },
+    Upstream(String),
+}
+
+#[derive(Debug, Default)]
+struct PendingCall {
+    id: Option<String>,
+    kind: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Debug)]
+struct ChoiceState {
+    content: TextStream,
+    refusal: TextStream,
+    calls: BTreeMap<u64, PendingCall>,
+    finished: bool,
+}
+
+/// The guard for one streamed chat completion.
+#[derive(Debug)]
+pub struct OpenAiStream {
+    guard: Arc<Guard>,
+    mode: StreamMode,
+    max_hold_back_bytes: usize,
+    /// The sidecar added `stream_options.include_usage`, so the usage chunk is its own.
+    strip_usage: bool,
+    envelope: Option<Map<String, Value>>,
+    choices: BTreeMap<u64, ChoiceState>,
+    findings: Vec<Finding>,
+    usage: Option<Value>,
+    /// What the client received, assembled, for the stored turn.
+    released: StreamAssembly,
+    pub error: Option<StreamError>,
+    ended: bool,
+}
+
+impl OpenAiStream {
+    pub fn new(
+        guard: Arc<Guard>,
+        mode: StreamMode,
+        max_hold_back_bytes: usize,
+        strip_usage: bool,
+    ) -> OpenAiStream {
+        OpenAiStream {
+            guard,
+            mode,
+            max_hold_back_bytes,
+            strip_usage,
+            envelope: None,
+            choices: BTreeMap::new(),
+            findings: Vec::new(),
+            usage: None,
+            released: StreamAssembly::default(),
+            error: None,
+            ended: false,
+        }
+    }
+
+    /// Findings since the last call, for metrics.
+    pub fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.findings)
+    }
+
+    /// Token usage reported by the upstream, if it sent any.
+    pub fn usage(&self) -> Option<&Value> {
+        self.usage.as_ref()
+    }
+
+    /// The completion the client received, as one `chat.completion` object.
+    pub fn released_completion(&self) -> Value {
+        self.released.to_completion()
+    }
+
+    /// Times a channel's hold-back limit forced text out unguarded.
+    pub fn hold_back_overflows(&self) -> u64 {
+        self.choices
+            .values()
+            .map(|c| c.content.hold_back_overflows + c.refusal.hold_back_overflows)
+            .sum()
+    }
+
+    /// Handles one upstream frame, appending what the client must receive to `out`.
+    pub fn on_frame(&mut self, frame: Frame, out: &mut String) -> Flow {
+        if self.ended {
+            return Flow::Finished;
+        }
+        let event = match frame {
+            Frame::Comment(_) | Frame::Retry(_) => {
+                sse::encode_frame(&frame, out);
+                return Flow::Continue;
+            }
+            Frame::Event(event) => event,
+        };
+        if event.data.trim() == "[DONE]" {
+            return self.finish_all(out);
+        }
+        let chunk: Value = match serde_json::from_str(&event.data) {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                return self.fail(
+                    out,
+                    "upstream sent a stream event that is not JSON",
+                    "upstream_invalid_response",
+                );
+            }
+        };
+        if chunk.get("error").is_some() {
+            // The provider's own error event, forwarded as it came.
+            sse::encode_data(&event.data, out);
+            self.error = Some(StreamError::Upstream("error event".to_owned()));
+            self.ended = true;
+            return Flow::Failed;
+        }
+        self.on_chunk(chunk, out)
+    }
+
+    /// Handles the end of the upstream body. A stream that ends after every choice
+    /// finished is complete even without `[DONE]`; otherwise the client gets an error.
+    pub fn on_upstream_end(&mut self, out: &mut String) -> Flow {
+        if self.ended {
+            return if self.error.is_some() {
+                Flow::Failed
+            } else {
+                Flow::Finished
+            };
+        }
+        let all_finished = !self.choices.is_empty() && self.choices.values().all(|c| c.finished);
+        if all_finished {
+            return self.finish_all(out);
+        }
+        self.fail(
+            out,
+            "upstream closed the stream before the response was complete",
+            "upstream_unavailable",
+        )
+    }
+
+    /// Ends the client's stream with an error event, such as after a connection reset.
+    pub fn fail(&mut self, out: &mut String, message: &str, code: &str) -> Flow {
+        if !self.ended {
+            let body = json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
+            sse::encode_data(&body.to_string(), out);
+            self.error = Some(StreamError::Upstream(code.to_owned()));
+            self.ended = true;
+        }
+        Flow::Failed
+    }
+
+    fn on_chunk(&mut self, mut chunk: Value, out: &mut String) -> Flow {
+        if self.envelope.is_none() {
+            if let Value::Object(fields) = &chunk {
+                let envelope: Map<String, Value> = fields
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "choices" | "usage"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                self.released.push(&Value::Object(envelope.clone()));
+                self.envelope = Some(envelope);
+            }
+        }
+        let usage = chunk.get("usage").filter(|u| !u.is_null()).cloned();
+        if let Some(usage) = &usage {
+            self.usage = Some(usage.clone());
+        }
+        let choices = match chunk.get_mut("choices") {
+            Some(Value::Array(choices)) => std::mem::take(choices),
+            _ => Vec::new(),
+        };
+        if choices.is_empty() {
+            // The usage chunk (or an empty keep-alive chunk).
+            if usage.is_some() && self.strip_usage {
+                return Flow::Continue;
+            }
+            sse::encode_data(&chunk.to_string(), out);
+            return Flow::Continue;
+        }
+        for choice in choices {
+            let flow = self.on_choice(choice, out);
+            if flow != Flow::Continue {
+                return flow;
+            }
+        }
+        if let Some(usage) = usage {
+            if !self.strip_usage {
+                self.emit(out, json!([]), Some(usage));
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_choice(&mut self, choice: Value, out: &mut String) -> Flow {
+        let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let finish_reason = choice
+            .get("finish_reason")
+            .filter(|r| !r.is_null())
+            .cloned();
+        self.ensure_choice(index);
+
+        let mut passthrough = Map::new();
+        let mut content = None;
+        let mut refusal = None;
+        if let Some(Value::Object(delta)) = choice.get("delta") {
+            for (key, value) in delta {
+                match key.as_str() {
+                    "content" => content = value.as_str().map(str::to_owned),
+                    "refusal" => refusal = value.as_str().map(str::to_owned),
+                    "tool_calls" => self.collect_calls(index, value),
+                    _ => {
+                        passthrough.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+
+        let mut delta = passthrough;
+        if let Some(text) = content {
+            let release = self.channel(index, Channel::Content).push(&text);
+            if let Some(flow) = self.absorb(index, release, "content", &mut delta, out) {
+                return flow;
+            }
+        }
+        if let Some(text) = refusal {
+            let release = self.channel(index, Channel::Refusal).push(&text);
+            if let Some(flow) = self.absorb(index, release, "refusal", &mut delta, out) {
+                return flow;
+            }
+        }
+        if finish_reason.is_none() {
+            if !delta.is_empty() {
+                self.emit_delta(out, index, delta, None);
+            }
+            return Flow::Continue;
+        }
+
+        // The choice is complete: flush held text, then release checked tool calls.
+        let release = self.channel(index, Channel::Content).finish();
+        if let Some(flow) = self.absorb(index, release, "content", &mut delta, out) {
+            return flow;
+        }
+        let release = self.channel(index, Channel::Refusal).finish();
+        if let Some(flow) = self.absorb(index, release, "refusal", &mut delta, out) {
+            return flow;
+        }
+        if !delta.is_empty() {
+            self.emit_delta(out, index, delta, None);
+        }
+        if let Some(flow) = self.release_calls(index, out) {
+            return flow;
+        }
+        self.emit_delta(out, index, Map::new(), finish_reason);
+        if let Some(state) = self.choices.get_mut(&index) {
+            state.finished = true;
+        }
+        Flow::Continue
+    }
+
+    fn ensure_choice(&mut self, index: u64) {
+        if self.choices.contains_key(&index) {
+            return;
+        }
+        let text = || {
+            TextStream::new(
+                self.guard.clone(),
+                Direction::Output,
+                self.mode,
+                self.max_hold_back_bytes,
+            )
+        };
+        let state = ChoiceState {
+            content: text(),
+            refusal: text(),
+            calls: BTreeMap::new(),
+            finished: false,
+        };
+        self.choices.insert(index, state);
+    }
+
+    fn channel(&mut self, index: u64, channel: Channel) -> &mut TextStream {
+        self.ensure_choice(index);
+        let state = self
+            .choices
+            .get_mut(&index)
+            .unwrap_or_else(|| unreachable!("ensure_choice inserted the choice"));
+        match channel {
+            Channel::Content => &mut state.content,
+            Channel::Refusal => &mut state.refusal,
+        }
+    }
+
+    /// Records a release's findings; returns the flow to stop with when it blocks, else
+    /// adds its text to `delta[field]`.
+    fn absorb(
+        &mut self,
+        index: u64,
+        release: Release,
+        field: &str,
+        delta: &mut Map<String, Value>,
+        out: &mut String,
+    ) -> Option<Flow> {
+        self.findings.extend(release.findings);
+        if let Some(flow) = self.block_if_needed(index, &release.verdict, out) {
+            return Some(flow);
+        }
+        if !release.text.is_empty() {
+            let existing = delta
+                .get(field)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            delta.insert(field.to_owned(), Value::String(existing + &release.text));
+        }
+        None
+    }
+
+    fn collect_calls(&mut self, index: u64, calls: &Value) {
+        let Value::Array(calls) = calls else {
+            return;
+        };
+        self.ensure_choice(index);
+        let Some(state) = self.choices.get_mut(&index) else {
+            return;
+        };
+        for call in calls {
+            let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let pending = state.calls.entry(call_index).or_default();
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                pending.id = Some(id.to_owned());
+            }
+            if let Some(kind) = call.get("type").and_then(Value::as_str) {
+                pending.kind = Some(kind.to_owned());
+            }
+            if let Some(function) = call.get("function") {
+                // Some servers (llama.cpp among them) repeat the whole name in every
+                // delta; others send it once or in pieces. A repeat is not appended.
+                if let Some(name) = function.get("name").and_then(Value::as_str) {
+                    if pending.name != name {
+                        pending.name.push_str(name);
+                    }
+                }
+                if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+                    pending.arguments.push_str(arguments);
+                }
+            }
+        }
+    }
+
+    fn release_calls(&mut self, index: u64, out: &mut String) -> Option<Flow> {
+        let calls = std::mem::take(&mut self.choices.get_mut(&index)?.calls);
+        if calls.is_empty() {
+            return None;
+        }
+        let mut assembled: Vec<Value> = calls
+            .into_values()
+            .map(|call| {
+                json!({
+                    "id": call.id,
+                    "type": call.kind.as_deref().unwrap_or("function"),
+                    "function": {"name": call.name, "arguments": call.arguments},
+                })
+            })
+            .collect();
+        let evaluation = guard_tool_calls(&self.guard, &mut assembled);
+        self.findings.extend(evaluation.findings);
+        let verdict = match self.mode {
+            StreamMode::Guarded => evaluation.verdict,
+            StreamMode::Monitor => Verdict::Allow,
+        };
+        if let Some(flow) = self.block_if_needed(index, &verdict, out) {
+            return Some(flow);
+        }
+        for (position, call) in assembled.iter_mut().enumerate() {
+            if let Value::Object(fields) = call {
+                fields.insert("index".to_owned(), json!(position));
+            }
+        }
+        let mut delta = Map::new();
+        delta.insert("tool_calls".to_owned(), Value::Array(assembled));
+        self.emit_delta(out, index, delta, None);
+        None
+    }
+
+    fn block_if_needed(&mut self, index: u64, verdict: &Verdict, out: &mut String) -> Option<Flow> {
+        let (rule, kind, escalate) = match verdict {
+            Verdict::Block { rule, kind } => (rule.to_string(), kind.as_str(), false),
+            Verdict::Escalate { rule, kind } => (rule.to_string(), kind.as_str(), true),
+            Verdict::Allow | Verdict::Transform => return None,
+        };
+        tracing::info!(rule.id = %rule, kind, "guardrail blocked a streamed response");
+        self.ended = true;
+        let policy = self.guard.policy();
+        if policy.on_block == BlockResponse::Error {
+            let (code, what) = if escalate {
+                ("approval_required", "requires approval under")
+            } else {
+                ("blocked_by_policy", "blocked by")
+            };
+            let body = json!({"error": {
+                "message": format!("response {what} guardrail policy: rule {rule:?} ({kind})"),
+                "type": "guardrail_violation",
+                "code": code,
+                "param": null,
+            }});
+            sse::encode_data(&body.to_string(), out);
+            self.error = Some(StreamError::Blocked { rule });
+            return Some(Flow::Failed);
+        }
+        let mut delta = Map::new();
+        delta.insert("content".to_owned(), Value::String(policy.refusal.clone()));
+        self.emit_delta(out, index, delta, None);
+        self.emit_delta(out, index, Map::new(), Some(json!("content_filter")));
+        sse::encode_data("[DONE]", out);
+        Some(Flow::Finished)
+    }
+
+    fn finish_all(&mut self, out: &mut String) -> Flow {
+        let open: Vec<u64> = self
+            .choices
+            .iter()
+            .filter(|(_, c)| !c.finished)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in open {
+            let mut delta = Map::new();
+            let release = self.channel(index, Channel::Content).finish();
+            if let Some(flow) = self.absorb(index, release, "content", &mut delta, out) {
+                return flow;
+            }
+            if !delta.is_empty() {
+                self.emit_delta(out, index, delta, None);
+            }
+            if let Some(flow) = self.release_calls(index, out) {
+                return flow;
+            }
+        }
+        if let (Some(usage), false) = (self.usage.clone(), self.strip_usage) {
+            // Usage that arrived on a chunk with choices was already forwarded there.
+            let _ = usage;
+        }
+        sse::encode_data("[DONE]", out);
+        self.ended = true;
+        Flow::Finished
+    }
+
+    fn emit_delta(
+        &mut self,
+        out: &mut String,
+        index: u64,
+        delta: Map<String, Value>,
+        finish_reason: Option<Value>,
+    ) {
+        let choice = json!([{
+            "index": index,
+            "delta": Value::Object(delta),
+            "finish_reason": finish_reason,
+        }]);
+        self.emit(out, choice, None);
+    }
+
+    fn emit(&mut self, out: &mut String, choices: Value, usage: Option<Value>) {
+        let mut chunk = self.envelope.clone().unwrap_or_default();
+        chunk.insert("choices".to_owned(), choices);
+        if let Some(usage) = usage {
+            chunk.insert("usage".to_owned(), usage);
+        }
+        let chunk = Value::Object(chunk);
+        self.released.push(&chunk);
+        sse::encode_data(&chunk.to_string(), out);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Channel {
+    Content,
+    Refusal,
+}
