@@ -76,6 +76,10 @@ spec:
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("spec.pii[0].output"), "{stderr}");
+    assert!(
+        stderr.contains("spec.topics[0].patterns[0]"),
+        "structural and semantic errors come in one run: {stderr}"
+    );
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -110,6 +114,22 @@ fn check_json_reports_byte_offsets_without_values() {
     let end = finding["end"].as_u64().expect("end") as usize;
     assert_eq!(&input[start..end], "jane@example.com");
     assert!(!stdout.contains("\"jane@example.com\""), "{stdout}");
+}
+
+#[test]
+fn check_redacts_tool_arguments() {
+    let mut command = binary();
+    command.args(["check", "--jsonl", "--format", "json"]);
+    let output = run_with_stdin(
+        command,
+        r#"{"tool": "lookup", "arguments": {"card": "4111 1111 1111 1111"}}"#,
+    );
+    let stdout = text(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["verdict"], "transform", "{stdout}");
+    let arguments: serde_json::Value =
+        serde_json::from_str(report["text"].as_str().expect("text")).expect("arguments stay JSON");
+    assert_eq!(arguments["card"], "[CREDIT_CARD]");
 }
 
 #[test]

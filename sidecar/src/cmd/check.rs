@@ -202,13 +202,20 @@ fn check_line(
             .get("arguments")
             .cloned()
             .unwrap_or(Value::Object(Default::default()));
-        let check = guard.check_action(direction, tool, Some(&arguments));
+        let action = guard.check_action(direction, tool, Some(&arguments));
+        // The proxy also runs the content rules over the arguments; so does this.
+        let mut text = arguments.to_string();
+        let content = crate::dialect::openai::guard_arguments(guard, direction, &mut text);
+        let mut verdict = action.verdict;
+        verdict.merge(content.verdict);
+        let mut findings = action.findings;
+        findings.extend(content.findings);
         return Report {
             line: Some(line_number),
-            verdict: check.verdict.as_str(),
-            text: None,
+            verdict: verdict.as_str(),
+            text: Some(text),
             tool: Some(tool.to_owned()),
-            findings: check.findings,
+            findings,
             error: None,
         };
     }

@@ -57,6 +57,10 @@ impl Evaluation {
         self.verdict.merge(verdict);
         self.findings.extend(findings);
     }
+
+    fn absorb_all(&mut self, other: Evaluation) {
+        self.absorb(other.verdict, other.findings);
+    }
 }
 
 /// Parses and validates a Chat Completions request body.
@@ -65,6 +69,12 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ParseError> {
         return Err(ParseError::Json(
             "request body is empty; send a JSON chat completion request".to_owned(),
         ));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ParseError::Json(format!(
+            "request body is not valid UTF-8 (invalid byte at offset {}); send UTF-8 JSON",
+            e.valid_up_to()
+        )));
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ParseError::Json(format!(
@@ -519,12 +529,30 @@ fn guard_function_call(
         evaluation.absorb(check.verdict, check.findings);
     }
 
+    evaluation.absorb_all(guard_parsed_arguments(guard, direction, arguments, parsed));
+}
+
+/// Runs the content rules over a tool call's JSON arguments (the string values inside
+/// them, rewritten in place so the arguments stay valid JSON). Arguments that are not
+/// JSON are checked as plain text.
+pub fn guard_arguments(guard: &Guard, direction: Direction, arguments: &mut String) -> Evaluation {
+    let parsed = serde_json::from_str::<Value>(arguments).ok();
+    guard_parsed_arguments(guard, direction, arguments, parsed)
+}
+
+fn guard_parsed_arguments(
+    guard: &Guard,
+    direction: Direction,
+    arguments: &mut String,
+    parsed: Option<Value>,
+) -> Evaluation {
+    let mut evaluation = Evaluation::new();
     match parsed {
         Some(mut value) => {
             let mut leaves = Vec::new();
             collect_strings(&value, &mut leaves);
             if leaves.is_empty() {
-                return;
+                return evaluation;
             }
             let refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
             let check = guard.check_content(direction, &refs);
@@ -543,6 +571,7 @@ fn guard_function_call(
             evaluation.absorb(check.verdict, check.findings);
         }
     }
+    evaluation
 }
 
 /// Runs the output guardrails over complete tool calls (`[{"id", "type", "function":

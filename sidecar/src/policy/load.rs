@@ -52,7 +52,10 @@ impl fmt::Display for PolicyErrors {
             if count == 1 { "" } else { "s" }
         )?;
         for error in &self.0 {
-            writeln!(f, "  - {error}")?;
+            // Multi-line messages (regex syntax errors draw a caret line) stay inside
+            // their list item.
+            let text = error.to_string().replace('\n', "\n    ");
+            writeln!(f, "  - {text}")?;
         }
         Ok(())
     }
@@ -145,6 +148,18 @@ fn read_text(path: &Path) -> Result<String, PolicyErrors> {
 /// Parses the sources into exactly one policy document. Empty documents (such as a
 /// trailing `---`) are ignored.
 pub fn parse_sources(sources: &[PolicySource]) -> Result<(GuardrailPolicy, String), PolicyErrors> {
+    let (document, errors) = parse_sources_partial(sources);
+    match document {
+        Some(found) if errors.is_empty() => Ok(found),
+        _ => Err(PolicyErrors(errors)),
+    }
+}
+
+/// Parses the sources as far as possible: the document (with the elements that failed
+/// to parse left out) when exactly one was found, and every error met on the way.
+pub fn parse_sources_partial(
+    sources: &[PolicySource],
+) -> (Option<(GuardrailPolicy, String)>, Vec<PolicyError>) {
     let mut errors = Vec::new();
     let mut found: Vec<(GuardrailPolicy, String)> = Vec::new();
     for source in sources {
@@ -173,32 +188,36 @@ pub fn parse_sources(sources: &[PolicySource]) -> Result<(GuardrailPolicy, Strin
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(PolicyErrors(errors));
-    }
     match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(PolicyErrors(vec![PolicyError {
-            source: sources
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            path: String::new(),
-            message: format!("no {KIND} document found"),
-        }])),
-        n => Err(PolicyErrors(vec![PolicyError {
-            source: found
-                .iter()
-                .map(|(_, name)| name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            path: String::new(),
-            message: format!(
-                "found {n} {KIND} documents; a sidecar enforces exactly one policy, so merge \
+        1 => (Some(found.remove(0)), errors),
+        0 if !errors.is_empty() => (None, errors),
+        0 => (
+            None,
+            vec![PolicyError {
+                source: sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                path: String::new(),
+                message: format!("no {KIND} document found"),
+            }],
+        ),
+        n => (
+            None,
+            vec![PolicyError {
+                source: found
+                    .iter()
+                    .map(|(_, name)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                path: String::new(),
+                message: format!(
+                    "found {n} {KIND} documents; a sidecar enforces exactly one policy, so merge \
                  them or mount only one"
-            ),
-        }])),
+                ),
+            }],
+        ),
     }
 }
 
@@ -282,19 +301,23 @@ fn parse_document(
         None => Some(Spec::default()),
     };
 
-    if errors.len() > before {
-        return None;
-    }
+    let _ = before;
+    // A partial document is returned even after errors, so that semantic validation can
+    // report the remaining problems in the same run; the caller knows from `errors` that
+    // it must not be used. A placeholder name keeps a missing one from being reported
+    // twice.
     Some(GuardrailPolicy {
-        api_version: api_version?,
-        kind: kind?,
-        metadata: metadata?,
-        spec: spec?,
+        api_version: api_version.unwrap_or_default(),
+        kind: kind.unwrap_or_default(),
+        metadata: metadata.unwrap_or_else(|| Metadata {
+            name: "unnamed".to_owned(),
+            ..Metadata::default()
+        }),
+        spec: spec.unwrap_or_default(),
     })
 }
 
 fn parse_spec(source: &str, value: Value, errors: &mut Vec<PolicyError>) -> Option<Spec> {
-    let before = errors.len();
     let mut spec = Spec::default();
     let Value::Mapping(map) = value else {
         errors.push(PolicyError {
@@ -350,7 +373,7 @@ fn parse_spec(source: &str, value: Value, errors: &mut Vec<PolicyError>) -> Opti
             }),
         }
     }
-    (errors.len() == before).then_some(spec)
+    Some(spec)
 }
 
 fn parse_actions(source: &str, value: Value, errors: &mut Vec<PolicyError>) -> Option<Actions> {
@@ -430,11 +453,26 @@ fn deserialize_at<T: DeserializeOwned>(
             errors.push(PolicyError {
                 source: source.to_owned(),
                 path: full,
-                message: e.into_inner().to_string(),
+                message: plain_type_names(&e.into_inner().to_string()),
             });
             None
         }
     }
+}
+
+/// Replaces Rust type names in serde's messages with the words a YAML author uses.
+fn plain_type_names(message: &str) -> String {
+    [
+        ("expected usize", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a character", "expected a single character"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |text, (from, to)| {
+        text.replace(from, to)
+    })
 }
 
 fn take_string(

@@ -77,12 +77,25 @@ impl Policy {
     /// Loads and compiles the policy at `path` (file or directory).
     pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
         let sources = load::read_sources(path)?;
-        let (document, _) = load::parse_sources(&sources)?;
+        let (document, mut errors) = load::parse_sources_partial(&sources);
+        let Some((document, _)) = document else {
+            return Err(PolicyErrors(errors));
+        };
         let combined: String = sources.iter().map(|s| s.text.as_str()).collect();
-        compile::compile(
+        let compiled = compile::compile(
             &document,
             identity(&document, &combined, &path.display().to_string()),
-        )
+        );
+        // Structural and semantic errors are reported together, so an author fixes a
+        // policy in one pass.
+        match compiled {
+            Ok(policy) if errors.is_empty() => Ok(policy),
+            Ok(_) => Err(PolicyErrors(errors)),
+            Err(PolicyErrors(semantic)) => {
+                errors.extend(semantic);
+                Err(PolicyErrors(errors))
+            }
+        }
     }
 
     /// Compiles the policy embedded in the binary.

@@ -394,17 +394,33 @@ async fn forward_unchecked(
 }
 
 /// Paths outside `/v1/`.
-pub async fn unknown_path(uri: Uri) -> Response {
-    ProxyError::UnknownPath {
+pub async fn unknown_path(State(state): State<ProxyState>, uri: Uri) -> Response {
+    let response = ProxyError::UnknownPath {
         path: uri.path().to_owned(),
     }
-    .into_response()
+    .into_response();
+    state.metrics.record_request(
+        "other",
+        response.status().as_u16(),
+        std::time::Duration::ZERO,
+    );
+    response
 }
 
-pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ProxyError::MethodNotAllowed {
+pub async fn method_not_allowed(
+    State(state): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let response = ProxyError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_owned(),
     }
-    .into_response()
+    .into_response();
+    state.metrics.record_request(
+        "other",
+        response.status().as_u16(),
+        std::time::Duration::ZERO,
+    );
+    response
 }
