@@ -14,8 +14,8 @@ use super::settings::InjectionSettings;
 /// The only review version the webhook serves; `v1beta1` was removed in Kubernetes 1.22.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
-/// Why a request body is not a review the webhook can answer. The server returns 400
-/// with this message.
+/// Error for a request body that is not a review the webhook can process. The server
+/// returns 400 with this message.
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error("invalid AdmissionReview: {0}")]
@@ -46,7 +46,7 @@ pub struct Reviewed {
     pub warnings: Vec<String>,
 }
 
-/// Answers one admission review body.
+/// Builds the response to one admission review body.
 pub fn review(
     body: &[u8],
     namespace_injection: NamespaceInjection,

@@ -50,7 +50,7 @@ pub fn app_env() -> Vec<EnvVar> {
     ]
 }
 
-/// The volume that carries the policy ConfigMap, when the pod has a policy.
+/// Builds the volume that carries the policy ConfigMap, when the pod has a policy.
 pub fn policy_volume(settings: &PodSettings) -> Option<Volume> {
     let name = settings.policy.as_ref()?;
     Some(Volume {
@@ -66,7 +66,7 @@ pub fn policy_volume(settings: &PodSettings) -> Option<Volume> {
     })
 }
 
-/// The sidecar container for `settings`.
+/// Builds the sidecar container for `settings`.
 pub fn sidecar_container(settings: &PodSettings) -> Container {
     let mut container = Container {
         name: SIDECAR_CONTAINER.to_owned(),
@@ -182,8 +182,8 @@ fn sidecar_env(settings: &PodSettings) -> Vec<EnvVar> {
     env
 }
 
-/// The restricted Pod Security Standard's container requirements, plus a read-only root
-/// filesystem: the sidecar writes nothing to disk.
+/// Builds a security context that meets the restricted Pod Security Standard, with a
+/// read-only root filesystem because the sidecar writes nothing to disk.
 fn security_context() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),

@@ -34,7 +34,7 @@ pub enum NamespaceInjection {
     NotEnabled,
 }
 
-/// Why a pod was left as it was.
+/// Reason a pod was left unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
     /// Neither the pod nor its namespace asked for injection.
@@ -72,7 +72,7 @@ impl SkipReason {
     }
 }
 
-/// What the mutation decided.
+/// Decision of the mutation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Injected {
@@ -85,7 +85,7 @@ pub enum Outcome {
 }
 
 /// The result of [`mutate`]: the decision, the patch (empty unless injected) and
-/// messages for whoever created the pod.
+/// warnings for the client that created the pod.
 #[derive(Clone, Debug)]
 pub struct Mutation {
     pub outcome: Outcome,
@@ -118,9 +118,9 @@ struct Status<'a> {
 
 /// Decides whether to inject the sidecar into a pod and returns the patch that does it.
 ///
-/// `metadata` and `spec` are the pod's, or a workload's pod template's; `base` is where
-/// they sit in the document the patch applies to (the root for a Pod,
-/// `/spec/template` for a Deployment). `metadata` is `None` when the template has no
+/// `metadata` and `spec` belong to the pod or to a workload's pod template. `base` is
+/// their location in the document the patch applies to: the root for a Pod,
+/// `/spec/template` for a Deployment. `metadata` is `None` when the template has no
 /// `metadata` key, so the patch creates it.
 pub fn mutate(
     metadata: Option<&ObjectMeta>,

@@ -50,7 +50,7 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// Time open connections get to finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the webhook serves and with which settings.
+/// Settings of the webhook server.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
     pub cert_path: PathBuf,
@@ -68,7 +68,7 @@ struct AppState {
     draining: Arc<AtomicBool>,
 }
 
-/// Why the webhook stopped.
+/// Error that stops the webhook.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot configure TLS: {0}")]

@@ -18,7 +18,7 @@ pub const NAMESPACE_LABEL: &str = "agent-sidecar.io/inject";
 pub const STATUS_ANNOTATION: &str = "agent-sidecar.io/status";
 /// Pod label written at injection, for PodMonitor and NetworkPolicy selectors.
 pub const INJECTED_LABEL: &str = "agent-sidecar.io/injected";
-/// ConfigMap that holds the pod's `GuardrailPolicy`.
+/// Name of the ConfigMap that contains the pod's `GuardrailPolicy`.
 pub const POLICY_ANNOTATION: &str = "agent-sidecar.io/policy";
 /// Sidecar image.
 pub const IMAGE_ANNOTATION: &str = "agent-sidecar.io/image";
@@ -65,7 +65,7 @@ pub const USER_ANNOTATIONS: &[&str] = &[
 pub const SIDECAR_CONTAINER: &str = "agent-sidecar";
 /// Name of the volume that carries the policy ConfigMap.
 pub const POLICY_VOLUME: &str = "agent-sidecar-policy";
-/// Where the policy ConfigMap is mounted in the sidecar.
+/// Mount path of the policy ConfigMap in the sidecar.
 pub const POLICY_MOUNT_PATH: &str = "/etc/agent-sidecar/policy";
 /// Path of the binary inside the sidecar image; the classic-mode `postStart` hook runs it.
 pub const SIDECAR_BINARY: &str = "/usr/local/bin/agent-sidecar";
@@ -81,9 +81,9 @@ pub const GRPC_PORT: u16 = 14101;
 /// Admin port (probes, metrics), on all interfaces so the kubelet and Prometheus reach it.
 pub const ADMIN_PORT: u16 = 14190;
 
-/// Key in the credentials Secret that holds the OpenAI key.
+/// Key in the credentials Secret that contains the OpenAI key.
 pub const OPENAI_KEY_SECRET_KEY: &str = "openai-api-key";
-/// Key in the credentials Secret that holds the Anthropic key.
+/// Key in the credentials Secret that contains the Anthropic key.
 pub const ANTHROPIC_KEY_SECRET_KEY: &str = "anthropic-api-key";
 /// Key in the Redis Secret that holds the URL.
 pub const REDIS_URL_SECRET_KEY: &str = "redis-url";
@@ -92,8 +92,9 @@ pub const REDIS_URL_SECRET_KEY: &str = "redis-url";
 /// distroless images.
 pub const SIDECAR_USER_ID: i64 = 65532;
 
-/// Mesh containers that run before the pod's own init containers and never call the
-/// sidecar; the sidecar is placed after them so it starts inside the mesh's network setup.
+/// Mesh containers that a mesh injector puts before the pod's own init containers. They
+/// never call the sidecar, so the sidecar goes after them and starts inside the mesh's
+/// network setup.
 pub const MESH_INIT_CONTAINERS: &[&str] = &[
     "istio-init",
     "istio-validation",
@@ -103,7 +104,7 @@ pub const MESH_INIT_CONTAINERS: &[&str] = &[
     "linkerd-proxy",
 ];
 
-/// How the sidecar container is added to the pod.
+/// Placement of the sidecar container in the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SidecarMode {
     /// An init container with `restartPolicy: Always` (Kubernetes 1.29 and later): it is
@@ -129,7 +130,7 @@ impl fmt::Display for SidecarMode {
     }
 }
 
-/// Where the sidecar reads its Redis URL from, if anywhere.
+/// Source of the sidecar's Redis URL, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisSetting {
     /// No Redis: the sidecar uses its in-memory store.
@@ -294,7 +295,7 @@ impl InjectionSettings {
     }
 }
 
-/// Kubernetes resource quantity syntax: a signed decimal number followed by a binary
+/// Checks Kubernetes resource quantity syntax: a signed decimal number followed by a binary
 /// suffix (Ki..Ei), a decimal suffix (n, u, m, k, M..E) or a decimal exponent.
 pub fn is_quantity(value: &str) -> bool {
     static PATTERN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
@@ -308,7 +309,7 @@ pub fn is_quantity(value: &str) -> bool {
         .is_match(value)
 }
 
-/// RFC 1123 subdomain, the rule for ConfigMap and Secret names: at most 253 characters
+/// Checks the RFC 1123 subdomain rule for ConfigMap and Secret names: at most 253 characters
 /// of lower-case letters, digits, `-` and `.`, starting and ending with a letter or digit.
 pub fn is_dns_subdomain(value: &str) -> bool {
     let bytes = value.as_bytes();
@@ -321,20 +322,21 @@ pub fn is_dns_subdomain(value: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
-/// A log level the sidecar's `RUST_LOG` accepts on its own.
+/// Checks for a log level that the sidecar's `RUST_LOG` accepts on its own.
 pub fn is_log_level(value: &str) -> bool {
     ["off", "error", "warn", "info", "debug", "trace"].contains(&value)
 }
 
-/// A plausible image reference: non-empty, no whitespace or control characters. The
-/// registry resolves the rest when the kubelet pulls it.
+/// Checks for a plausible image reference: non-empty, no whitespace or control
+/// characters. The registry checks the rest when the kubelet pulls it.
 pub fn is_image_reference(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 512
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// An `http://` or `https://` URL without whitespace, for the upstream annotations.
+/// Checks for an `http://` or `https://` URL without whitespace, for the upstream
+/// annotations.
 pub fn is_http_url(value: &str) -> bool {
     (value.starts_with("http://") || value.starts_with("https://"))
         && value.len() > "https://".len()

@@ -31,7 +31,7 @@ fn settings() -> InjectionSettings {
     }
 }
 
-/// A review answered, and the pod as the API server would store it after the patch.
+/// A review response, and the pod as the API server would store it after the patch.
 struct Admitted {
     reviewed: Reviewed,
     response: Value,

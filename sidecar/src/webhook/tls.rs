@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-/// Why a certificate and key pair could not be loaded.
+/// Failure to load a certificate and key pair.
 #[derive(Debug, thiserror::Error)]
 pub enum CertificateError {
     #[error("cannot read {path}: {source}")]
@@ -38,7 +38,7 @@ pub enum CertificateError {
     },
 }
 
-/// What a call to [`ReloadingCertificate::reload`] did.
+/// Result of [`ReloadingCertificate::reload`].
 #[derive(Debug)]
 pub enum Reload {
     /// The files are the same as at the last call.
@@ -69,7 +69,7 @@ pub struct ReloadingCertificate {
 }
 
 impl ReloadingCertificate {
-    /// A resolver with no certificate yet; call [`reload`](Self::reload) to load one.
+    /// Creates a resolver with no certificate. Call [`reload`](Self::reload) to load one.
     pub fn new(cert_path: PathBuf, key_path: PathBuf, provider: Arc<CryptoProvider>) -> Self {
         ReloadingCertificate {
             cert_path,
@@ -80,7 +80,7 @@ impl ReloadingCertificate {
         }
     }
 
-    /// Whether a certificate is in use, so handshakes can succeed.
+    /// Returns whether a certificate is loaded, so handshakes can succeed.
     pub fn is_loaded(&self) -> bool {
         self.current
             .read()
@@ -103,6 +103,7 @@ impl ReloadingCertificate {
             }
         };
         state.last_read_error = None;
+
         let mut hasher = Sha256::new();
         hasher.update(&cert_pem);
         hasher.update([0]);
@@ -111,6 +112,7 @@ impl ReloadingCertificate {
         if state.fingerprint == Some(fingerprint) {
             return Reload::Unchanged;
         }
+
         // Recorded before parsing: a pair that fails stays failed until a file changes,
         // such as while a renewal has written the certificate but not yet the key.
         state.fingerprint = Some(fingerprint);

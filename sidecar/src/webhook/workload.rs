@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::mutate::{Mutation, NamespaceInjection, Outcome, mutate};
 use super::settings::InjectionSettings;
 
-/// What happened to one pod template in the input.
+/// Outcome and warnings for one pod template in the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateReport {
     /// `Kind/name` of the document, with `items[i]` inside a `List`.
@@ -26,7 +26,7 @@ pub struct InjectedManifest {
     pub templates: Vec<TemplateReport>,
 }
 
-/// Why a manifest could not be processed.
+/// Error in one document of a manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("document {index}: invalid YAML: {source}")]
@@ -44,7 +44,7 @@ pub enum ManifestError {
 }
 
 /// Injects the sidecar into every pod template in `text` (one or more YAML documents).
-/// A template whose annotations are invalid is an error; every such error is returned.
+/// A template with invalid annotations is an error, and every such error is returned.
 pub fn inject_manifest(
     text: &str,
     namespace: NamespaceInjection,
@@ -202,7 +202,7 @@ fn kind_of(object: &Value) -> Option<(&str, &str)> {
     Some((group, kind))
 }
 
-/// Where a kind keeps its pod template, relative to the object.
+/// Returns the path of a kind's pod template, relative to the object.
 fn template_path((group, kind): (&str, &str)) -> Option<&'static [&'static str]> {
     match (group, kind) {
         ("", "Pod") => Some(&[]),
