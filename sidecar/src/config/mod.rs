@@ -81,7 +81,7 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
 }
 
-/// How the sidecar reaches Redis.
+/// Redis deployment mode.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum RawRedisMode {
@@ -234,7 +234,7 @@ pub struct Config {
     pub models: ModelCatalog,
 }
 
-/// Where conversation state lives.
+/// Conversation store configuration.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub settings: StoreSettings,

@@ -53,7 +53,7 @@ pub struct ContextPolicy {
 }
 
 impl ContextPolicy {
-    /// Returns the input budget for `model`, given the output the request asks for.
+    /// Returns the input budget for `model`, given the output tokens the request sets.
     pub fn budget_for(
         &self,
         catalog: &ModelCatalog,

@@ -1,17 +1,17 @@
 //! Recognition of an upstream's "context too long" error, so the proxy can compact the
 //! request once and retry instead of passing the error on.
 //!
-//! - OpenAI (and compatible servers) answer 400 with `error.code` set to
+//! - OpenAI (and compatible servers) respond with 400 with `error.code` set to
 //!   `context_length_exceeded`; some compatible servers send only the message
 //!   "This model's maximum context length is N tokens ...".
-//! - Anthropic answers 400 with `error.type` `invalid_request_error` and a message such
+//! - Anthropic responds with 400 with `error.type` `invalid_request_error` and a message such
 //!   as "prompt is too long: 208310 tokens > 200000 maximum", also inside a streamed
 //!   `error` event.
 
 use serde_json::Value;
 
-/// Which provider's overflow error matched, with the token counts when the message
-/// states them.
+/// Provider whose overflow error matched, with the token counts when the message states
+/// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContextOverflow {
     OpenAi,

@@ -2,8 +2,8 @@
 //!
 //! When a conversation reaches its trigger (`window::reached_trigger`), the proxy calls
 //! [`SummaryScheduler::schedule`]. The scheduler picks the turns to fold into the running
-//! summary (everything since the stored summary except the newest turns, which stay
-//! verbatim), runs the [`Summarizer`] in a background task and stores the result with
+//! summary: everything since the stored summary except the newest turns, which stay
+//! verbatim. It runs the [`Summarizer`] in a background task and stores the result with
 //! the range of turns it covers. At most one summarization per conversation runs in this
 //! process at a time; a failed attempt is retried with exponential backoff and counted.
 //! Across sidecars, the store keeps whichever summary covers more turns, so two
@@ -19,9 +19,9 @@ use async_trait::async_trait;
 
 use super::tokens::TokenCounter;
 use crate::dialect::{Message, Part, Role};
-use crate::state::{Conversation, ConversationStore, Summary, Turn, is_system, now_ms};
+use crate::state::{Conversation, ConversationStore, Summary, Turn, now_ms};
 
-/// What the summarizer is asked to do.
+/// Input of one summarization.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SummaryRequest {
     pub conversation_id: String,
@@ -90,7 +90,7 @@ pub struct SummaryStats {
     pub abandoned: AtomicU64,
 }
 
-/// What `schedule` did.
+/// Outcome of `schedule`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheduled {
     Started,
@@ -294,7 +294,7 @@ fn plan(conversation: &Conversation, keep_recent_tokens: u32) -> Option<Plan> {
     let messages: Vec<Message> = selected
         .iter()
         .flat_map(|turn| turn.messages.iter())
-        .filter(|m| !is_system(m))
+        .filter(|m| m.role != Role::System)
         .cloned()
         .collect();
     // NOTE: when trimming removed turns the previous summary never covered, their

@@ -1,8 +1,8 @@
 //! Token counting with tiktoken's encodings.
 //!
 //! Text is encoded with tiktoken's ordinary path, so special-token strings such as
-//! `<|endoftext|>` inside user text count as the ordinary text they are (OpenAI's API
-//! treats them the same way) and never raise an error.
+//! `<|endoftext|>` inside user text count as the ordinary text they are and never raise
+//! an error.
 //!
 //! Chat overhead follows OpenAI's cookbook "How to count tokens with tiktoken", whose
 //! published counts the API confirmed for gpt-3.5-turbo, gpt-4, gpt-4o and gpt-4o-mini:
@@ -30,7 +30,7 @@ pub enum Encoding {
 }
 
 /// Encoding for models this module does not recognize. OpenAI's current models all use
-/// o200k_base, so it is the closest guess for a new model name; for other vendors'
+/// o200k_base, so it is the closest guess for a new model name. For other vendors'
 /// models every tiktoken count is an estimate anyway.
 pub const DEFAULT_ENCODING: Encoding = Encoding::O200kBase;
 

@@ -3,7 +3,7 @@
 //!
 //! A request is split into the leading system messages, which are always kept, and
 //! units: a single message, or an assistant message with tool calls together with the
-//! tool results that answer it. Units are kept or dropped whole, so a tool call is never
+//! tool results for those calls. Units are kept or dropped whole, so a tool call is never
 //! separated from its result. The last unit (the newest input) is always kept.
 //!
 //! Strategies when the request exceeds the budget:
@@ -26,7 +26,7 @@ use super::tokens::{REPLY_PRIMING_TOKENS, TokenCounter};
 /// Text that introduces the stored summary in the system message that carries it.
 pub const SUMMARY_INTRO: &str = "Summary of the earlier part of this conversation:\n";
 
-/// How large a request may be.
+/// Size limit of a request.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
     /// A number of input tokens, capped by what the window leaves after the reserved
@@ -56,7 +56,7 @@ pub fn reached_trigger(tokens: u64, budget: u32, trigger_fraction: f64) -> bool 
     tokens as f64 >= f64::from(budget) * trigger_fraction.clamp(0.0, 1.0)
 }
 
-/// What to do with a request over budget.
+/// Handling of a request over budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     Summarize,
@@ -99,7 +99,7 @@ impl FitPlan {
     }
 }
 
-/// Why a request cannot be made to fit.
+/// Error for a request that cannot be made to fit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("request needs {tokens} tokens, {over} over the budget of {budget}")]
 pub struct OverBudget {
@@ -213,7 +213,7 @@ pub fn fit(
 }
 
 /// Splits `messages[start..]` into units: an assistant message with tool calls plus the
-/// tool results answering those calls that directly follow it, or a single message.
+/// results of those calls that directly follow it, or a single message.
 fn units(messages: &[Message], start: usize) -> Vec<std::ops::Range<usize>> {
     let mut units = Vec::new();
     let mut i = start;

@@ -39,7 +39,7 @@ pub struct ContextSpec {
     /// Output tokens subtracted from the window before the budget applies.
     #[serde(default)]
     pub reserved_output_tokens: Option<u32>,
-    /// What to do with a request over budget; `truncate` when omitted.
+    /// Strategy for a request over budget; `truncate` when omitted.
     #[serde(default)]
     pub strategy: Option<ContextStrategy>,
     /// Share of the budget (above 0, at most 1) at which summarization starts.
@@ -94,13 +94,13 @@ pub struct ConversationSpec {
     pub id_from: Option<String>,
 }
 
-/// What happens to new requests while the store's outage buffer is full.
+/// Handling of new requests while the store's outage buffer is full.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum StoreFull {
     /// Keep serving; turns that do not fit are dropped and counted.
     FailOpen,
-    /// Answer new requests with 503 until the buffer has room.
+    /// Respond to new requests with 503 until the buffer has room.
     FailClosed,
 }
 

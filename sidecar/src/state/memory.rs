@@ -20,8 +20,9 @@ use super::{
     Metadata, SealedEntry, StoreError, StoreHealth, StoreStatus, Summary, Turn, now_ms,
 };
 
-/// Number of most recent turns searched for a duplicate turn id; a replayed append is
-/// always among the last few, and the Redis store uses the same window.
+/// Number of most recent turns searched for a duplicate turn id. A replayed append
+/// arrives soon after its first attempt, so it is among the last few. The Redis store
+/// uses the same window.
 pub const DEDUP_WINDOW_TURNS: usize = 64;
 
 #[derive(Debug)]

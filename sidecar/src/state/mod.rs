@@ -3,7 +3,7 @@
 //!
 //! A conversation is an append-only list of turns plus a running summary, a version and
 //! the sealed entries of its pseudonym vault. Each append is atomic and increments the
-//! version by one; a caller that read version `v` can make its append conditional on the
+//! version by one. A caller that read version `v` can make its append conditional on the
 //! conversation still being at `v`, so two sidecars appending to one conversation cannot
 //! silently interleave.
 
@@ -19,16 +19,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use crate::dialect::{Message, Role};
+use crate::dialect::Message;
 pub use vault::SealedEntry;
 
-/// What a store does when its outage buffer is full.
+/// Store behaviour when its outage buffer is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FailurePolicy {
     /// Keep serving requests and drop the turns that do not fit, counting them.
     #[default]
     FailOpen,
-    /// Reject new requests (the proxy answers 503) until the buffer has room again.
+    /// Reject new requests (the proxy responds with 503) until the buffer has room again.
     FailClosed,
 }
 
@@ -162,7 +162,7 @@ pub struct Append {
     pub ttl: Duration,
 }
 
-/// What an append did.
+/// Outcome of an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Appended {
     /// The turn is stored; `version` is the conversation's new version.
@@ -174,7 +174,7 @@ pub enum Appended {
     Buffered { queued: usize },
 }
 
-/// Why a store operation failed.
+/// Failure of a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("conversation is at version {current}, not the expected {expected}")]
@@ -191,7 +191,7 @@ pub enum StoreError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     Accept,
-    /// Answer with 503; `reason` is safe to show to the client.
+    /// Respond with 503. `reason` is safe to show to the client.
     Reject {
         reason: String,
     },
@@ -222,7 +222,7 @@ pub struct StoreHealth {
     pub last_error: Option<String>,
 }
 
-/// What a shutdown flush achieved.
+/// Result of a shutdown flush.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlushReport {
     /// Buffered turns written during the flush.
@@ -240,9 +240,9 @@ pub trait ConversationStore: Send + Sync + fmt::Debug {
     /// Appends a turn atomically, creating the conversation when new, and refreshes the
     /// conversation's time to live.
     ///
-    /// Errors: `Conflict` when `expected_version` is set and differs; `BufferFull` when
-    /// the backend is unreachable and the outage buffer has no room (the turn is dropped
-    /// and counted).
+    /// Errors: `Conflict` when `expected_version` is set and differs. `BufferFull` when
+    /// the backend is unreachable and the outage buffer has no room, in which case the
+    /// turn is dropped and counted.
     async fn append(&self, conversation_id: &str, append: Append) -> Result<Appended, StoreError>;
 
     /// Stores `summary` unless the conversation already has one that covers as many
@@ -274,7 +274,7 @@ pub trait ConversationStore: Send + Sync + fmt::Debug {
 pub struct ConversationPolicy {
     /// Time to live of a conversation after its last write.
     pub ttl: Duration,
-    /// What happens to new requests when the store's outage buffer is full.
+    /// Handling of new requests when the store's outage buffer is full.
     pub on_store_full: FailurePolicy,
     /// Request field that carries the conversation id when the header is absent.
     pub id_source: id::IdSource,
@@ -359,9 +359,4 @@ pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
-}
-
-/// Returns whether `message` is a system (or developer) message.
-pub(crate) fn is_system(message: &Message) -> bool {
-    message.role == Role::System
 }

@@ -3,8 +3,8 @@
 //! The `pseudonymize` PII action replaces a value with a typed placeholder such as
 //! `<EMAIL_1>`. Within one conversation the same entity and value always get the same
 //! placeholder, across turns and sidecar restarts, because the mapping is stored with
-//! the conversation. The model only ever sees placeholders; `restore` puts the original
-//! values back into the model's output before the agent sees it.
+//! the conversation. The model receives only placeholders, and `restore` puts the
+//! original values back into the model's output before the agent receives it.
 //!
 //! At rest each mapping is a [`SealedEntry`]: the placeholder in clear text (it reveals
 //! only the entity type and a counter) and the value encrypted with XChaCha20-Poly1305
@@ -38,7 +38,7 @@ const NONCE_LEN: usize = 24;
 /// Maximum length of an entity name inside a placeholder. Custom entity names are
 /// policy-defined, so the limit is generous.
 pub const MAX_ENTITY_NAME_LEN: usize = 64;
-/// Longest placeholder: `<`, entity name, `_`, a `u32` counter (10 digits), `>`.
+/// Maximum placeholder length: `<`, entity name, `_`, a `u32` counter (10 digits), `>`.
 pub const MAX_PLACEHOLDER_LEN: usize = MAX_ENTITY_NAME_LEN + 13;
 
 /// The key that seals vault values. `Debug` prints no key material.
@@ -64,8 +64,8 @@ impl VaultKey {
         }
     }
 
-    /// A key from the operating system's random generator. Values sealed with it cannot
-    /// be opened after the process exits.
+    /// Creates a key from the operating system's random generator. Values sealed with it
+    /// cannot be opened after the process exits.
     pub fn random() -> VaultKey {
         VaultKey {
             cipher: XChaCha20Poly1305::new(&XChaCha20Poly1305::generate_key(&mut OsRng)),
@@ -138,7 +138,7 @@ impl fmt::Debug for SealedEntry {
     }
 }
 
-/// Why a sealed entry could not be opened.
+/// Reason a sealed entry could not be opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VaultError {
     #[error("sealed value does not open with the configured vault key")]
@@ -177,9 +177,11 @@ impl fmt::Debug for PseudonymVault {
 }
 
 impl PseudonymVault {
-    /// Opens the stored entries of a conversation. Entries that do not decrypt (a changed
-    /// key, tampering) are skipped and counted in `unreadable`; their counters stay
-    /// reserved so new placeholders never reuse their names.
+    /// Opens the stored entries of a conversation.
+    ///
+    /// Entries that do not decrypt (a changed key, tampering) are skipped and counted in
+    /// `unreadable`. Their counters stay reserved, so new placeholders never reuse their
+    /// names.
     pub fn open(key: VaultKey, conversation_id: &str, stored: &[SealedEntry]) -> PseudonymVault {
         let mut vault = PseudonymVault {
             conversation_id: conversation_id.to_owned(),

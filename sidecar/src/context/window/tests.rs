@@ -34,7 +34,7 @@ fn result(id: &str) -> Message {
     }
 }
 
-/// A system prompt, then `turns` user/assistant pairs of similar size.
+/// Builds a system prompt, then `turns` user/assistant pairs of similar size.
 fn conversation(turns: usize) -> Vec<Message> {
     let mut messages = vec![text(Role::System, "You are a support agent.")];
     for i in 0..turns {

@@ -23,7 +23,7 @@ use redis::{
     RedisResult, TlsMode, Value,
 };
 
-/// How the store reaches Redis.
+/// Redis deployment mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisMode {
     /// One server (or a proxy in front of several) at the URL.
@@ -38,8 +38,8 @@ pub enum RedisMode {
     },
 }
 
-/// Reconnection attempts per command before it fails; the store's own outage buffer
-/// and replay take over from there, so a command never waits through a long backoff.
+/// Reconnection attempts per command before it fails. The store's outage buffer and
+/// replay take over from there, so a command does not wait through a long backoff.
 const RECONNECT_RETRIES: usize = 1;
 
 pub(super) enum Backend {
@@ -199,8 +199,8 @@ impl Backend {
         }
     }
 
-    /// Called after a command failed: forgets connections that cannot heal by
-    /// themselves, so the next command asks the sentinels for the master again.
+    /// Drops, after a failed command, the connections that cannot recover by themselves,
+    /// so the next command asks the sentinels for the master again.
     pub(super) fn on_error(&self, error: &RedisError) {
         if let Backend::Sentinel { master, .. } = self {
             tracing::debug!(error.kind = ?error.kind(), "forgetting the Redis master address");

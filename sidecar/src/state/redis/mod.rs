@@ -2,9 +2,9 @@
 //!
 //! Every operation is one Lua script call, so an append is atomic and takes one round
 //! trip (see `scripts`). When Redis is unreachable, appends go to a bounded in-memory
-//! outage buffer and a background task replays them in order once Redis answers again;
-//! each turn carries a random id and the append script skips an id it already stored,
-//! so a replay never duplicates a turn whose first attempt reached Redis. While the
+//! outage buffer, and a background task replays them in order once Redis replies again.
+//! Each turn carries a random id and the append script skips an id it already stored, so
+//! a replay never duplicates a turn whose first attempt reached Redis. While the
 //! buffer holds turns, new appends queue behind them to keep each conversation's order.
 //!
 //! The store reports itself degraded while Redis is unreachable or the buffer is not
@@ -46,7 +46,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the replay task checks whether Redis is back while degraded.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
-/// Longest wait between replay attempts while Redis stays down.
+/// Maximum wait between replay attempts while Redis stays down.
 const MAX_REPLAY_BACKOFF: Duration = Duration::from_secs(2);
 /// Pause between flush attempts during shutdown.
 const SHUTDOWN_RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -133,7 +133,7 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// Why one script call failed.
+/// Failure of one script call.
 enum CallError {
     Redis(RedisError),
     TimedOut,
@@ -149,8 +149,8 @@ impl fmt::Display for CallError {
 }
 
 impl CallError {
-    /// Whether the failure says Redis is unreachable or busy, as opposed to rejecting
-    /// this particular command.
+    /// Returns whether the failure means Redis is unreachable or busy, as opposed to
+    /// Redis rejecting this particular command.
     fn is_outage(&self) -> bool {
         match self {
             CallError::TimedOut => true,
@@ -324,8 +324,8 @@ impl Shared {
         mut append: Append,
         encoded: Vec<u8>,
     ) -> Result<Appended, StoreError> {
-        // A buffered turn is replayed unconditionally: its request was already answered,
-        // so refusing it later would only lose it.
+        // A buffered turn is replayed unconditionally because the client already has its
+        // response, so rejecting it later would only lose it.
         append.expected_version = None;
         let size = encoded.len() + append.vault.iter().map(|e| e.sealed.len()).sum::<usize>();
         let mut buffer = lock(&self.buffer);
@@ -556,7 +556,7 @@ impl ConversationStore for RedisStore {
     async fn load(&self, conversation_id: &str) -> Result<Option<Conversation>, StoreError> {
         let shared = &self.shared;
         if shared.degraded.load(Ordering::Acquire) {
-            // Fail fast: the replay task probes Redis and clears this when it answers.
+            // Fail fast: the replay task probes Redis and clears the flag once Redis replies.
             return Err(StoreError::Unavailable(
                 "redis is unreachable; the store is degraded".to_owned(),
             ));
