@@ -15,8 +15,7 @@ use crate::guard::pii::HashKey;
 use crate::health::{self, AdminState};
 use crate::policy::Policy;
 use crate::proxy::{self, ProxyState, upstream};
-use crate::state::ConversationStore;
-use crate::state::memory::MemoryStore;
+use crate::state::{self, ConversationStore};
 use crate::telemetry::metrics::Metrics;
 
 /// Flags of `serve`; each one can also be set by the environment variable named beside
@@ -36,7 +35,7 @@ pub struct ServeArgs {
     /// Base URL of the Anthropic upstream [default: https://api.anthropic.com].
     #[arg(long, env = "AGENT_SIDECAR_ANTHROPIC_UPSTREAM")]
     pub anthropic_upstream: Option<String>,
-    /// Redis URL for conversation state; not available in this version.
+    /// Redis URL for conversation state (redis:// or rediss://); the in-memory store when unset.
     #[arg(long, env = "AGENT_SIDECAR_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Model proxy address [default: 127.0.0.1:14100].
@@ -120,7 +119,9 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     };
     let guard = Arc::new(Guard::new(Arc::new(policy), Arc::new(hash_key)));
-    let store: Arc<dyn ConversationStore> = Arc::new(MemoryStore::with_defaults());
+    let store: Arc<dyn ConversationStore> =
+        state::open(config.store.settings.clone(), config.store.redis.clone())
+            .map_err(|e| e.to_string())?;
 
     match &config.openai.api_key {
         Some((_, SecretSource::Environment)) => {
@@ -162,7 +163,7 @@ async fn serve(config: Config) -> Result<(), String> {
     });
     let admin_router = health::router(AdminState {
         guard,
-        store,
+        store: store.clone(),
         metrics,
         started: started.clone(),
         ready: ready.clone(),
@@ -194,6 +195,7 @@ async fn serve(config: Config) -> Result<(), String> {
             Err(e) => return Err(format!("server task failed: {e}")),
         }
     }
+    store.shutdown(config.store.shutdown_grace).await;
     tracing::info!("agent-sidecar stopped");
     Ok(())
 }
