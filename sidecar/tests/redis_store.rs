@@ -505,3 +505,61 @@ async fn sentinel_mode_finds_the_master() {
         .expect("LLEN");
     assert_eq!(length, 1, "the turn is on the master the sentinel named");
 }
+
+/// Writes a CA and a certificate it signs for `localhost` into `dir`; returns the CA PEM.
+fn write_tls_files(dir: &std::path::Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("server parameters");
+    let certificate = params.signed_by(&key, &ca).expect("server certificate");
+    std::fs::write(dir.join("server.crt"), certificate.pem()).expect("write certificate");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write key");
+    ca.pem()
+}
+
+#[tokio::test]
+async fn tls_password_and_database_from_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_pem = write_tls_files(dir.path());
+    let tls_port = support::free_port().to_string();
+    let certificate = dir.path().join("server.crt").display().to_string();
+    let key = dir.path().join("server.key").display().to_string();
+    let server = RedisServer::start(
+        dir.path(),
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &certificate,
+            "--tls-key-file",
+            &key,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ],
+    );
+    let redis = RedisSettings {
+        ca_certificates_pem: Some(ca_pem.into_bytes()),
+        ..settings(format!("rediss://:s3cret@localhost:{tls_port}/3"))
+    };
+    let store = RedisStore::open(redis, store_settings()).expect("open");
+    store.append("tls", append("one")).await.expect("append");
+    let conversation = store.load("tls").await.expect("load").expect("exists");
+    assert_eq!(labels(&conversation.turns), ["one"]);
+
+    for (database, expected) in [(3, 1), (0, 0)] {
+        let url = format!("redis://:s3cret@127.0.0.1:{}/{database}", server.port);
+        let mut raw = raw_connection(&url).await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg("agent-sidecar:{tls}:meta")
+            .query_async(&mut raw)
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, expected, "database {database}");
+    }
+}

@@ -105,6 +105,8 @@ pub struct RawRedis {
     pub connect_timeout_ms: Option<u64>,
     /// Maximum time for one Redis command before the turn is buffered instead.
     pub command_timeout_ms: Option<u64>,
+    /// PEM file of CA certificates trusted for `rediss://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -547,7 +549,8 @@ fn resolve_redis(
             || raw.sentinel_master_name.is_some()
             || raw.key_prefix.is_some()
             || raw.connect_timeout_ms.is_some()
-            || raw.command_timeout_ms.is_some();
+            || raw.command_timeout_ms.is_some()
+            || raw.ca_file.is_some();
         if configured {
             errors.push(
                 "redis: settings are present but redisUrl is not set; set redisUrl \
@@ -618,13 +621,58 @@ fn resolve_redis(
         crate::state::redis::DEFAULT_COMMAND_TIMEOUT.as_millis() as u64,
         errors,
     );
+    let ca_certificates_pem = raw
+        .ca_file
+        .as_deref()
+        .and_then(|path| read_ca_file(path, &url, &mode, errors));
     url_valid.then(|| RedisSettings {
         url,
         mode,
         key_prefix,
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         command_timeout: Duration::from_millis(command_timeout_ms),
+        ca_certificates_pem,
     })
+}
+
+/// Reads `redis.caFile`, which only a `rediss://` URL in standalone or cluster mode uses.
+fn read_ca_file(
+    path: &Path,
+    url: &str,
+    mode: &RedisMode,
+    errors: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    if !url.starts_with("rediss://") {
+        errors.push(
+            "redis.caFile: only TLS connections use it; use a rediss:// URL or remove caFile"
+                .to_owned(),
+        );
+        return None;
+    }
+    if matches!(mode, RedisMode::Sentinel { .. }) {
+        errors.push(
+            "redis.caFile: sentinel mode does not support a custom CA yet; use certificates \
+             the system trusts or remove caFile"
+                .to_owned(),
+        );
+        return None;
+    }
+    match std::fs::read(path) {
+        Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
+            Some(pem)
+        }
+        Ok(_) => {
+            errors.push(format!(
+                "redis.caFile: {} contains no PEM certificate",
+                path.display()
+            ));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("redis.caFile: cannot read {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 /// Checks a `redis://` or `rediss://` URL; errors never show its password.
@@ -883,6 +931,42 @@ mod tests {
                 nodes: Vec::new()
             }
         );
+    }
+
+    #[test]
+    fn redis_ca_file_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+
+        let resolve = |url: &str, file: &Path| {
+            let raw = RawConfig {
+                redis_url: Some(url.to_owned()),
+                redis: RawRedis {
+                    ca_file: Some(file.to_owned()),
+                    ..RawRedis::default()
+                },
+                ..RawConfig::default()
+            };
+            Config::resolve(raw, Overrides::default(), &no_env())
+        };
+        let plain = resolve("redis://h:6379", &pem)
+            .expect_err("caFile needs TLS")
+            .0;
+        assert!(plain[0].contains("rediss://"), "{plain:?}");
+        let garbage = resolve("rediss://h:6379", &not_pem)
+            .expect_err("not a certificate")
+            .0;
+        assert!(garbage[0].contains("no PEM certificate"), "{garbage:?}");
+        let config = resolve("rediss://h:6379", &pem).expect("valid");
+        let redis = config.store.redis.expect("redis configured");
+        assert!(redis.ca_certificates_pem.is_some());
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// Waits until the server replies PONG to PING (not LOADING), for at most 10 seconds.
+/// Waits until the server replies PONG to PING, or NOAUTH when it requires a password,
+/// rather than LOADING, for at most 10 seconds.
 pub fn wait_for_pong(port: u16) {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -133,9 +134,9 @@ pub fn wait_for_pong(port: u16) {
             let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
             let mut reply = [0u8; 64];
             let answered = stream.write_all(b"PING\r\n").is_ok()
-                && stream
-                    .read(&mut reply)
-                    .is_ok_and(|n| reply[..n].starts_with(b"+PONG"));
+                && stream.read(&mut reply).is_ok_and(|n| {
+                    reply[..n].starts_with(b"+PONG") || reply[..n].starts_with(b"-NOAUTH")
+                });
             if answered {
                 return;
             }

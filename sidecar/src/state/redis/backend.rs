@@ -12,7 +12,6 @@
 //! Nothing here connects eagerly: `Backend::new` only parses and validates URLs.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -20,8 +19,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
     Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
-    RedisResult, TlsMode, Value,
+    RedisResult, TlsCertificates, TlsMode, Value,
 };
+
+use super::RedisSettings;
 
 /// Redis deployment mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,19 +104,27 @@ impl ConnectionLike for Connection {
 
 impl Backend {
     /// Validates the URLs and prepares connections without opening any.
-    pub(super) fn new(
-        url: &str,
-        mode: &RedisMode,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-    ) -> RedisResult<Backend> {
+    pub(super) fn new(settings: &RedisSettings) -> RedisResult<Backend> {
+        let url = settings.url.as_str();
+        let connect_timeout = settings.connect_timeout;
+        let command_timeout = settings.command_timeout;
+        let certificates = settings
+            .ca_certificates_pem
+            .as_ref()
+            .map(|pem| TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            });
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(command_timeout));
-        match mode {
+        match &settings.mode {
             RedisMode::Standalone => {
-                let client = Client::open(url)?;
+                let client = match certificates {
+                    Some(certificates) => Client::build_with_tls(url, certificates)?,
+                    None => Client::open(url)?,
+                };
                 Ok(Backend::Standalone(
                     ConnectionManager::new_lazy_with_config(client, config)?,
                 ))
@@ -123,11 +132,14 @@ impl Backend {
             RedisMode::Cluster { nodes } => {
                 let mut seeds = vec![url.to_owned()];
                 seeds.extend(nodes.iter().cloned());
-                let client = ClusterClient::builder(seeds)
+                let mut builder = ClusterClient::builder(seeds)
                     .retries(RECONNECT_RETRIES as u32)
                     .connection_timeout(connect_timeout)
-                    .response_timeout(command_timeout)
-                    .build()?;
+                    .response_timeout(command_timeout);
+                if let Some(certificates) = certificates {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder.build()?;
                 Ok(Backend::Cluster {
                     client,
                     connection: tokio::sync::Mutex::new(None),

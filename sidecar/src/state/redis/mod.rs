@@ -61,6 +61,9 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     /// Maximum time for one command, connecting included.
     pub command_timeout: Duration,
+    /// PEM certificates trusted for `rediss://` instead of the system's roots, for a
+    /// Redis whose certificate a private CA signed. Standalone and cluster modes only.
+    pub ca_certificates_pem: Option<Vec<u8>>,
 }
 
 impl RedisSettings {
@@ -72,6 +75,7 @@ impl RedisSettings {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            ca_certificates_pem: None,
         }
     }
 }
@@ -84,6 +88,7 @@ impl fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("ca_certificates", &self.ca_certificates_pem.is_some())
             .finish()
     }
 }
@@ -180,13 +185,8 @@ impl RedisStore {
     /// Prepares the store and starts its replay task without connecting, so Redis being
     /// down delays nothing. Must be called inside a Tokio runtime.
     pub fn open(redis: RedisSettings, settings: StoreSettings) -> Result<RedisStore, StoreError> {
-        let backend = Backend::new(
-            &redis.url,
-            &redis.mode,
-            redis.connect_timeout,
-            redis.command_timeout,
-        )
-        .map_err(|e| StoreError::Unavailable(format!("invalid Redis settings: {e}")))?;
+        let backend = Backend::new(&redis)
+            .map_err(|e| StoreError::Unavailable(format!("invalid Redis settings: {e}")))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Unavailable("the Redis store needs a Tokio runtime".to_owned())
         })?;
