@@ -21,7 +21,7 @@ pub const VERSION: &str = "v1alpha1";
 /// Plural resource name, as in `kubectl get guardrailpolicies`.
 pub const PLURAL: &str = "guardrailpolicies";
 
-/// Why the CRD could not be generated.
+/// Failure to generate the CRD.
 #[derive(Debug, thiserror::Error)]
 pub enum CrdError {
     #[error("the generated schema is not a valid OpenAPI v3 schema for a CRD: {0}")]
@@ -33,10 +33,10 @@ pub enum CrdError {
     LostKeywords(String),
 }
 
-/// The OpenAPI v3 schema of `spec`, in the structural form Kubernetes requires: no
-/// references, enums as `enum` lists, `nullable` instead of null types, and no
-/// `additionalProperties: false` (the API server prunes unknown fields instead, and
-/// `kubectl apply` rejects them with server-side field validation).
+/// Generates the OpenAPI v3 schema of `spec` in the structural form Kubernetes
+/// requires: no references, enums as `enum` lists, `nullable` instead of null types, and
+/// no `additionalProperties: false`. Instead of that, the API server prunes unknown
+/// fields, and `kubectl apply` rejects them with server-side field validation.
 pub fn spec_openapi_schema() -> Value {
     let generator = SchemaSettings::openapi3()
         .with(|settings| {
@@ -61,6 +61,7 @@ fn make_structural(schema: &mut Value) {
     if map.get("additionalProperties") == Some(&Value::Bool(false)) {
         map.remove("additionalProperties");
     }
+
     // Defaults of whole sections (`onBlock: {...}`, `topics: []`) and of absent optional
     // fields (`null`) would make the API server write every section into every stored
     // object. The sidecar applies those defaults itself; scalar defaults inside the
@@ -71,6 +72,7 @@ fn make_structural(schema: &mut Value) {
     ) {
         map.remove("default");
     }
+
     // `enum` values of an argument constraint are arbitrary JSON; schemars leaves their
     // item schema empty, which a structural schema must mark explicitly.
     if map.is_empty() {
@@ -92,16 +94,41 @@ fn make_structural(schema: &mut Value) {
             map.insert("enum".to_owned(), Value::Array(values));
         }
     }
-    for value in map.values_mut() {
-        match value {
-            Value::Object(_) => make_structural(value),
-            Value::Array(items) => items.iter_mut().for_each(make_structural),
+    // An optional enum arrives as `anyOf: [<enum>, {enum: [null]}]`; Kubernetes wants the
+    // enum itself, marked nullable.
+    if let Some(Value::Array(options)) = map.get("anyOf") {
+        let is_null = |option: &Value| option.get("enum") == Some(&json!([null]));
+        if options.len() == 2 && options.iter().any(is_null) {
+            let inner = options.iter().find(|option| !is_null(option)).cloned();
+            if let Some(Value::Object(inner)) = inner {
+                map.remove("anyOf");
+                for (key, value) in inner {
+                    map.entry(key).or_insert(value);
+                }
+                map.insert("nullable".to_owned(), Value::Bool(true));
+            }
+        }
+    }
+    // Only keywords that hold schemas are visited: `properties` maps field names (one may
+    // be called `default`) to schemas, while `enum` and `default` hold plain data.
+    if let Some(Value::Object(properties)) = map.get_mut("properties") {
+        properties.values_mut().for_each(make_structural);
+    }
+    for keyword in ["items", "additionalProperties"] {
+        match map.get_mut(keyword) {
+            Some(Value::Array(items)) => items.iter_mut().for_each(make_structural),
+            Some(value @ Value::Object(_)) => make_structural(value),
             _ => {}
+        }
+    }
+    for keyword in ["allOf", "anyOf", "oneOf"] {
+        if let Some(Value::Array(schemas)) = map.get_mut(keyword) {
+            schemas.iter_mut().for_each(make_structural);
         }
     }
 }
 
-/// The whole CustomResourceDefinition for `GuardrailPolicy`.
+/// Builds the whole CustomResourceDefinition for `GuardrailPolicy`.
 pub fn custom_resource_definition() -> Result<CustomResourceDefinition, CrdError> {
     let object_schema = json!({
         "type": "object",
@@ -191,7 +218,7 @@ pub fn custom_resource_definition() -> Result<CustomResourceDefinition, CrdError
     })
 }
 
-/// The CRD as the YAML committed under `manifests/crd/`.
+/// Renders the CRD as the YAML committed under `manifests/crd/`.
 pub fn custom_resource_definition_yaml() -> Result<String, CrdError> {
     let crd = custom_resource_definition()?;
     let mut value = serde_json::to_value(&crd).map_err(CrdError::Schema)?;
@@ -253,5 +280,77 @@ fn lost_keywords(before: &Value, after: &Value, path: &str) -> Vec<String> {
             .flat_map(|(i, (value, other))| lost_keywords(value, other, &format!("{path}/{i}")))
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn property_named_default_keeps_schema() {
+        let schema = spec_openapi_schema();
+        let default = &schema["properties"]["actions"]["properties"]["default"];
+        assert_eq!(default["type"], "string");
+        assert_eq!(default["enum"], json!(["allow", "deny", "escalate"]));
+        assert_eq!(default["default"], "allow", "a scalar default stays");
+    }
+
+    #[test]
+    fn section_defaults_are_removed() {
+        let schema = spec_openapi_schema();
+        assert!(schema["properties"]["onBlock"].get("default").is_none());
+        assert!(schema["properties"]["topics"].get("default").is_none());
+        let refusal = &schema["properties"]["onBlock"]["properties"]["refusal"];
+        assert!(refusal.get("default").is_none(), "no null default");
+        assert_eq!(refusal["nullable"], true);
+    }
+
+    #[test]
+    fn optional_enum_becomes_nullable_enum() {
+        let mut schema = json!({
+            "anyOf": [
+                {"type": "string", "enum": ["a", "b"], "description": "Choice."},
+                {"enum": [null], "nullable": true},
+            ],
+        });
+        make_structural(&mut schema);
+        assert_eq!(
+            schema,
+            json!({"type": "string", "enum": ["a", "b"], "description": "Choice.", "nullable": true})
+        );
+    }
+
+    #[test]
+    fn arbitrary_enum_values_are_preserved() {
+        let schema = spec_openapi_schema();
+        let constraint = &schema["properties"]["actions"]["properties"]["rules"]["items"]["properties"]
+            ["arguments"]["items"];
+        let items = &constraint["properties"]["enum"]["items"];
+        assert_eq!(items["x-kubernetes-preserve-unknown-fields"], true);
+        assert!(constraint.get("additionalProperties").is_none());
+    }
+
+    #[test]
+    fn crd_carries_every_generated_keyword() {
+        let crd = custom_resource_definition().expect("the CRD builds");
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("guardrailpolicies.agent-sidecar.io")
+        );
+        let yaml = custom_resource_definition_yaml().expect("the CRD serializes");
+        assert!(
+            yaml.contains(
+                "\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"
+            )
+        );
+    }
+
+    #[test]
+    fn editor_schema_pins_api_version_and_kind() {
+        let schema = policy_json_schema();
+        assert_eq!(schema["properties"]["apiVersion"]["const"], API_VERSION);
+        assert_eq!(schema["properties"]["kind"]["const"], KIND);
+        assert_eq!(schema["additionalProperties"], false);
     }
 }
