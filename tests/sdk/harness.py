@@ -13,7 +13,8 @@ import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ PII_VALUES = (EMAIL, CARD_WITH_SPACES, CARD_WITH_DASHES, "4111111111111111", IBA
 
 READY_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
+SSE_EVENT_INTERVAL_SECONDS = 0.02
 
 
 def load_recording(name: str) -> Any:
@@ -74,13 +76,31 @@ class JsonReply:
 
 @dataclass(frozen=True)
 class SseReply:
-    """A text/event-stream reply: one `data:` event per payload, then `data: [DONE]`.
+    """A text/event-stream reply: one `data:` event per payload, then `data: [DONE]` unless done is False.
 
     Dict payloads are sent as JSON and strings as they are. The stub sends the events as
     separate HTTP chunks with a short pause between them, so they arrive one at a time.
     """
 
     events: list[Any]
+    pauses: Mapping[int, float] = field(default_factory=dict)
+    """Seconds to wait after the event at a position, in place of SSE_EVENT_INTERVAL_SECONDS."""
+    done: bool = True
+    """Whether `data: [DONE]` follows the events."""
+
+
+@dataclass(frozen=True)
+class RawSseReply:
+    """A text/event-stream reply whose body is exactly the given byte strings, each one HTTP chunk.
+
+    With complete=False the stub closes the connection after the last chunk without the
+    chunked-encoding terminator, as an upstream that dies mid-stream does.
+    """
+
+    chunks: list[bytes]
+    pauses: Mapping[int, float] = field(default_factory=dict)
+    """Seconds to wait after the chunk at a position, in place of SSE_EVENT_INTERVAL_SECONDS."""
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +127,9 @@ class StubUpstream:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._replies: deque[JsonReply | SseReply] = deque()
+        self._replies: deque[JsonReply | SseReply | RawSseReply] = deque()
+        self._sse_send_times: list[float] = []
+        self._sse_generation = 0
         self.models = load_recording("models")
         handler = type("BoundStubHandler", (_StubHandler,), {"stub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -136,8 +158,9 @@ class StubUpstream:
         with self._lock:
             self._requests.clear()
             self._replies.clear()
+            self._sse_send_times.clear()
 
-    def enqueue(self, *replies: JsonReply | SseReply) -> None:
+    def enqueue(self, *replies: JsonReply | SseReply | RawSseReply) -> None:
         with self._lock:
             self._replies.extend(replies)
 
@@ -157,9 +180,29 @@ class StubUpstream:
         with self._lock:
             self._requests.append(request)
 
-    def next_reply(self) -> JsonReply | SseReply | None:
+    def next_reply(self) -> JsonReply | SseReply | RawSseReply | None:
         with self._lock:
             return self._replies.popleft() if self._replies else None
+
+    @property
+    def sse_send_times(self) -> list[float]:
+        """time.monotonic() just before each chunk of the latest streamed reply was written, in order."""
+        with self._lock:
+            return list(self._sse_send_times)
+
+    def begin_sse_reply(self) -> int:
+        """Start recording send times for a new streamed reply; returns its generation."""
+        with self._lock:
+            self._sse_send_times.clear()
+            self._sse_generation += 1
+            return self._sse_generation
+
+    def record_sse_send(self, generation: int) -> None:
+        """Record a send time, unless a newer reply has started: the handler of an earlier
+        reply may still be writing after its client went away."""
+        with self._lock:
+            if generation == self._sse_generation:
+                self._sse_send_times.append(time.monotonic())
 
 
 class _StubHandler(BaseHTTPRequestHandler):
@@ -206,8 +249,10 @@ class _StubHandler(BaseHTTPRequestHandler):
             self._send_json(500, openai_error(message, "stub_queue_empty", "server_error"))
         elif isinstance(reply, JsonReply):
             self._send_json(reply.status, reply.body)
+        elif isinstance(reply, RawSseReply):
+            self._send_event_stream(reply.chunks, reply.pauses, reply.complete)
         else:
-            self._send_sse(reply.events)
+            self._send_sse(reply.events, reply.pauses, reply.done)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -237,19 +282,37 @@ class _StubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _send_sse(self, events: list[Any]) -> None:
+    def _send_sse(self, events: list[Any], pauses: Mapping[int, float] | None = None, done: bool = True) -> None:
+        payloads = [*events, "[DONE]"] if done else list(events)
+        chunks = []
+        for event in payloads:
+            data = event if isinstance(event, str) else json.dumps(event)
+            chunks.append(f"data: {data}\n\n".encode())
+        self._send_event_stream(chunks, pauses or {}, complete=True)
+
+    def _send_event_stream(self, chunks: list[bytes], pauses: Mapping[int, float], complete: bool) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-request-id", "req_stub")
         self.end_headers()
-        for event in [*events, "[DONE]"]:
-            data = event if isinstance(event, str) else json.dumps(event)
-            self._write_chunk(f"data: {data}\n\n".encode())
-            time.sleep(0.02)
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        generation = self.stub.begin_sse_reply()
+        try:
+            for position, data in enumerate(chunks):
+                self.stub.record_sse_send(generation)
+                self._write_chunk(data)
+                time.sleep(pauses.get(position, SSE_EVENT_INTERVAL_SECONDS))
+            if complete:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            # The sidecar may stop reading once it has ended the client's stream, for
+            # example after a block, so the rest of the reply has nowhere to go.
+            self.close_connection = True
+            return
+        if not complete:
+            self.close_connection = True
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -418,6 +481,67 @@ def post_chat_raw(port: int, body: bytes, timeout: float = 10.0) -> RawResponse:
     """POST body to /v1/chat/completions as the SDK would, with the client's key."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_API_KEY}"}
     return send_raw(port, "POST", "/v1/chat/completions", body, headers, timeout)
+
+
+@dataclass(frozen=True)
+class RawStream:
+    """A streamed HTTP response as read from the socket."""
+
+    status: int
+    headers: dict[str, str]
+    """Header values by lower-cased name."""
+    pieces: list[tuple[float, bytes]]
+    """Body bytes in the order they were read, each with the time.monotonic() of the read."""
+    complete: bool
+    """False when the connection ended before the end of the body."""
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(data for _, data in self.pieces)
+
+
+def stream_chat_raw(port: int, body: bytes, timeout: float = 10.0) -> RawStream:
+    """POST body to /v1/chat/completions and read the response body as it arrives.
+
+    Reading stops at the end of the body, when the connection ends early, or after
+    timeout seconds in total. A single read that waits longer than timeout raises
+    TimeoutError.
+    """
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_API_KEY}"}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.putrequest("POST", "/v1/chat/completions")
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders()
+        connection.send(body)
+        response = connection.getresponse()
+
+        pieces: list[tuple[float, bytes]] = []
+        complete = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = response.read1(65536)
+            except http.client.IncompleteRead as error:
+                if error.partial:
+                    pieces.append((time.monotonic(), error.partial))
+                break
+            except ConnectionError:
+                break
+            if not data:
+                complete = True
+                break
+            pieces.append((time.monotonic(), data))
+        return RawStream(
+            status=response.status,
+            headers={name.lower(): value for name, value in response.getheaders()},
+            pieces=pieces,
+            complete=complete,
+        )
+    finally:
+        connection.close()
 
 
 def user_message(text: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@
 //! findings. It never logs and never keeps the text it was given.
 
 pub mod action;
+pub mod partial;
 pub mod pii;
 pub mod topic;
 pub mod verdict;
@@ -301,14 +302,14 @@ impl Guard {
 
     /// Returns how many trailing bytes of `text` could still become part of a PII or
     /// topic match once more text arrives, on a character boundary.
-    pub fn hold_back_len(&self, text: &str) -> usize {
+    pub fn hold_back_len(&self, direction: Direction, text: &str) -> usize {
         let pii = self
             .policy
             .pii
             .scanner
             .as_ref()
             .map_or(0, |scanner| scanner.pending_tail_len(text));
-        let topics = self.policy.topics.pending_tail_len(text);
+        let topics = self.policy.topics.pending_tail_len(text, direction);
         pii.max(topics)
     }
 

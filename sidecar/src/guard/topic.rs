@@ -12,6 +12,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 
+use super::partial::PartialMatcher;
 use crate::policy::spec::{Direction, Mode};
 
 /// A compiled topic rule.
@@ -58,11 +59,13 @@ pub struct TopicSet {
     phrase_rule: Vec<usize>,
     /// Per-rule regexes: user patterns and non-ASCII phrases.
     regexes: Vec<(usize, Regex)>,
-    /// ASCII phrases, lower-cased and sorted, for the streaming hold-back.
-    sorted_phrases: Vec<String>,
+    /// ASCII phrases, lower-cased and sorted, with their rule, for the streaming
+    /// hold-back.
+    sorted_phrases: Vec<(String, usize)>,
     longest_phrase_len: usize,
-    /// Longest text any regex can match, in bytes; `usize::MAX` when unbounded.
-    longest_regex_match: usize,
+    /// Per-rule partial matchers for the regexes, for the streaming hold-back. `None` for
+    /// a regex that cannot be compiled for it; its longest match length is held instead.
+    partial: Vec<(usize, Option<PartialMatcher>, usize)>,
 }
 
 /// Returns the maximum number of bytes `pattern` can match (case-insensitively when
@@ -118,18 +121,29 @@ impl TopicSet {
                     .map_err(|e| regex::Error::Syntax(e.to_string()))?,
             )
         };
-        let longest_regex_match = regexes
+        let partial = regexes
             .iter()
-            .map(|(_, regex)| pattern_max_len(regex.as_str(), true).unwrap_or(usize::MAX))
-            .max()
-            .unwrap_or(0);
-        let mut sorted_phrases: Vec<String> = ascii_phrases
+            .map(|(rule, regex)| {
+                let max_len = pattern_max_len(regex.as_str(), true).unwrap_or(usize::MAX);
+                (
+                    *rule,
+                    PartialMatcher::new(regex.as_str(), true, max_len),
+                    max_len,
+                )
+            })
+            .collect();
+        let mut sorted_phrases: Vec<(String, usize)> = ascii_phrases
             .iter()
-            .map(|p| p.to_ascii_lowercase())
+            .zip(&phrase_rule)
+            .map(|(p, rule)| (p.to_ascii_lowercase(), *rule))
             .collect();
         sorted_phrases.sort();
         sorted_phrases.dedup();
-        let longest_phrase_len = sorted_phrases.iter().map(String::len).max().unwrap_or(0);
+        let longest_phrase_len = sorted_phrases
+            .iter()
+            .map(|(p, _)| p.len())
+            .max()
+            .unwrap_or(0);
         Ok(TopicSet {
             rules,
             phrases,
@@ -137,7 +151,7 @@ impl TopicSet {
             regexes,
             sorted_phrases,
             longest_phrase_len,
-            longest_regex_match,
+            partial,
         })
     }
 
@@ -183,16 +197,30 @@ impl TopicSet {
         );
     }
 
-    /// Returns how many trailing bytes of `text` could still become part of a match when
-    /// more text is appended: the longest suffix that starts a phrase (a complete phrase
-    /// too, since the next character decides its word boundary), and for regexes the
-    /// longest text they can match, because the regex engine cannot report a partial
-    /// match. The result is on a character boundary.
-    pub fn pending_tail_len(&self, text: &str) -> usize {
-        let mut hold = self.longest_regex_match.min(text.len());
+    /// Returns how many trailing bytes of `text` could still become part of a match of a
+    /// rule that applies to `direction` when more text is appended: the longest suffix
+    /// that starts a phrase (a complete phrase too, since the next character decides its
+    /// word boundary) or a regex match. The result is on a character boundary.
+    pub fn pending_tail_len(&self, text: &str, direction: Direction) -> usize {
+        let applies = |rule: usize| self.rules[rule].applies_to(direction);
+        let mut hold = 0;
+        for (rule, matcher, max_len) in &self.partial {
+            if !applies(*rule) {
+                continue;
+            }
+            let tail = match matcher {
+                Some(matcher) => matcher.pending_tail_len(text),
+                None => (*max_len).min(text.len()),
+            };
+            hold = hold.max(tail);
+        }
         if !self.sorted_phrases.is_empty() {
             let earliest = text.len().saturating_sub(self.longest_phrase_len);
-            for (offset, _) in text[..].char_indices().filter(|(i, _)| *i >= earliest) {
+            for (offset, _) in text.char_indices().filter(|(i, _)| *i >= earliest) {
+                if text.len() - offset <= hold {
+                    // Suffixes from here on are no longer than what is already held.
+                    break;
+                }
                 if !is_word_boundary(text, offset) {
                     continue;
                 }
@@ -202,12 +230,12 @@ impl TopicSet {
                 }
                 let at = self
                     .sorted_phrases
-                    .partition_point(|p| p.as_str() < suffix.as_str());
-                if self
-                    .sorted_phrases
-                    .get(at)
-                    .is_some_and(|p| p.starts_with(&suffix))
-                {
+                    .partition_point(|(p, _)| p.as_str() < suffix.as_str());
+                let starts_phrase = self.sorted_phrases[at..]
+                    .iter()
+                    .take_while(|(p, _)| p.starts_with(&suffix))
+                    .any(|(_, rule)| applies(*rule));
+                if starts_phrase {
                     hold = hold.max(text.len() - offset);
                     break;
                 }
@@ -400,33 +428,45 @@ mod tests {
     #[test]
     fn tail_holds_phrase_prefix() {
         let s = set(&["build a bomb"], &[]);
-        assert_eq!(s.pending_tail_len("how to build a\n "), "build a\n ".len());
-        assert_eq!(s.pending_tail_len("how to bu"), 2);
         assert_eq!(
-            s.pending_tail_len("we rebuild"),
+            s.pending_tail_len("how to build a\n ", Direction::Input),
+            "build a\n ".len()
+        );
+        assert_eq!(s.pending_tail_len("how to bu", Direction::Input), 2);
+        assert_eq!(
+            s.pending_tail_len("we rebuild", Direction::Input),
             0,
             "no phrase starts inside a word"
         );
-        assert_eq!(s.pending_tail_len("nothing here"), 0);
+        assert_eq!(s.pending_tail_len("nothing here", Direction::Input), 0);
     }
 
     #[test]
     fn tail_holds_complete_phrase_until_boundary() {
         let s = set(&["dosage"], &[]);
-        assert_eq!(s.pending_tail_len("the dosage"), 6);
-        assert_eq!(s.pending_tail_len("the dosage."), 0);
+        assert_eq!(s.pending_tail_len("the dosage", Direction::Input), 6);
+        assert_eq!(s.pending_tail_len("the dosage.", Direction::Input), 0);
     }
 
     #[test]
-    fn tail_covers_longest_pattern_match() {
+    fn tail_holds_partial_pattern_match() {
         let s = set(&[], &[r"\bprescri(be|ption)\b"]);
-        // Case folding lets `s` match the two-byte `ſ` (U+017F), so the longest match is
-        // one byte longer than "prescription".
         assert_eq!(
-            s.pending_tail_len("a long enough text here"),
-            "prescription".len() + 1
+            s.pending_tail_len("can you prescri", Direction::Input),
+            "prescri".len()
+        );
+        assert_eq!(
+            s.pending_tail_len("a long enough text here", Direction::Input),
+            0
         );
         assert_eq!(pattern_max_len(r"\w+", true), None);
+    }
+
+    #[test]
+    fn tail_ignores_rules_of_other_direction() {
+        let s = set(&["dosage"], &[r"\bprescri(be|ption)\b"]);
+        assert_eq!(s.pending_tail_len("the dos", Direction::Output), 0);
+        assert_eq!(s.pending_tail_len("can you prescri", Direction::Output), 0);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct OpenAiStream {
     released: StreamAssembly,
     pub error: Option<StreamError>,
     ended: bool,
+    /// A `retry` value waiting for the next event to carry it.
+    pending_retry: Option<u64>,
 }
 
 impl OpenAiStream {
@@ -88,6 +90,7 @@ impl OpenAiStream {
             released: StreamAssembly::default(),
             error: None,
             ended: false,
+            pending_retry: None,
         }
     }
 
@@ -120,8 +123,15 @@ impl OpenAiStream {
             return Flow::Finished;
         }
         let event = match frame {
-            Frame::Comment(_) | Frame::Retry(_) => {
+            Frame::Comment(_) => {
                 sse::encode_frame(&frame, out);
+                return Flow::Continue;
+            }
+            Frame::Retry(retry) => {
+                // A block with only `retry` dispatches no event in a browser, but some
+                // SDKs (openai 3.60) parse it as an empty event and fail; the value rides
+                // on the next event instead.
+                self.pending_retry = Some(retry);
                 return Flow::Continue;
             }
             Frame::Event(event) => event,
@@ -171,8 +181,30 @@ impl OpenAiStream {
     }
 
     /// Ends the client's stream with an error event, such as after a connection reset.
+    /// Text still held back is checked and released first, so the client keeps all of the
+    /// partial answer that passed the rules.
     pub fn fail(&mut self, out: &mut String, message: &str, code: &str) -> Flow {
         if !self.ended {
+            let open: Vec<u64> = self
+                .choices
+                .iter()
+                .filter(|(_, c)| !c.finished)
+                .map(|(i, _)| *i)
+                .collect();
+            for index in open {
+                let mut delta = Map::new();
+                for (channel, field) in
+                    [(Channel::Content, "content"), (Channel::Refusal, "refusal")]
+                {
+                    let release = self.channel(index, channel).finish();
+                    if let Some(flow) = self.absorb(index, release, field, &mut delta, out) {
+                        return flow;
+                    }
+                }
+                if !delta.is_empty() {
+                    self.emit_delta(out, index, delta, None);
+                }
+            }
             let body = json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
             sse::encode_data(&body.to_string(), out);
             self.error = Some(StreamError::Upstream(code.to_owned()));
@@ -467,10 +499,6 @@ impl OpenAiStream {
                 return flow;
             }
         }
-        if let (Some(usage), false) = (self.usage.clone(), self.strip_usage) {
-            // Usage that arrived on a chunk with choices was already forwarded there.
-            let _ = usage;
-        }
         sse::encode_data("[DONE]", out);
         self.ended = true;
         Flow::Finished
@@ -499,6 +527,9 @@ impl OpenAiStream {
         }
         let chunk = Value::Object(chunk);
         self.released.push(&chunk);
+        if let Some(retry) = self.pending_retry.take() {
+            out.push_str(&format!("retry: {retry}\n"));
+        }
         sse::encode_data(&chunk.to_string(), out);
     }
 }

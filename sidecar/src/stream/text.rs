@@ -13,8 +13,9 @@ use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::spec::{Direction, Mode};
 
 /// Released raw text kept as left context, in bytes. It covers the context-word window
-/// of custom entities (64 bytes each side) and the SSN keyword window with room to spare.
-const LEFT_CONTEXT_BYTES: usize = 256;
+/// of custom entities (64 bytes before a match) and the SSN keyword window (32 bytes)
+/// with room to spare.
+const LEFT_CONTEXT_BYTES: usize = 160;
 
 /// Text released by one step, with what the rules found in it.
 #[derive(Debug, Default)]
@@ -105,7 +106,7 @@ impl TextStream {
         let scan = self.guard.scan(self.direction, &buffer);
         let mut cut = buffer.len();
         if !at_end {
-            let hold = self.guard.hold_back_len(&buffer);
+            let hold = self.guard.hold_back_len(self.direction, &buffer);
             cut = base.max(buffer.len() - hold.min(buffer.len()));
             if buffer.len() - cut > self.max_hold_back_bytes {
                 // NOTE: the policy compiler rejects rules that need more hold-back than

@@ -3,10 +3,11 @@
 //!
 //! The estimate is conservative. It covers the trailing run of token bytes (ASCII letters,
 //! digits and `@ . - _ + ( ) : / = % ~`), which may contain single spaces between groups
-//! of digits or upper-case letters (`4111 1111`, `DE89 3704`, `(415) 555`). It extends
-//! the run back over a preceding `Bearer` keyword, an unterminated PEM block, the SSN
-//! context window when the text ends in a digit run that could grow into a bare SSN, and
-//! custom matches that touch the end or whose context window is still open.
+//! of digits or upper-case letters (`4111 1111`, `DE89 3704`, `(415) 555`). The hold-back
+//! then extends back over a preceding `Bearer` keyword and over an unterminated PEM
+//! block. When the text ends in a digit run that could grow into a bare SSN, it also
+//! covers the SSN context window. Custom matches that touch the end, or whose context
+//! window is still open, are held with the window before them.
 //!
 //! NOTE: a custom pattern that matches across spaces or newlines is held back only when
 //! it already matches the text, so a partial match that contains a space may be split.

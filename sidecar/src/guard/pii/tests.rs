@@ -539,7 +539,7 @@ fn generated_texts(count: usize) -> Vec<String> {
 }
 
 #[test]
-fn generated_texts_give_sorted_disjoint_boundary_matches() {
+fn generated_texts_keep_invariants() {
     let custom = CustomEntity {
         name: "WORD".to_owned(),
         pattern: r"[xZ]+\d*".to_owned(),

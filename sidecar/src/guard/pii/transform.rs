@@ -42,6 +42,7 @@ pub fn mask(value: &str, keep_trailing_chars: usize, mask_char: char) -> String 
 pub struct HashKey(Hmac<Sha256>);
 
 impl HashKey {
+    /// Creates a key from secret bytes of any length.
     pub fn new(key: &[u8]) -> Self {
         let mac =
             <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
