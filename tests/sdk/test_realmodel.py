@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from conftest import _start_sidecar
-from harness import CLIENT_API_KEY, EMAIL, REFUSAL_TEXT, SidecarProcess
+from harness import CLIENT_API_KEY, EMAIL, REFUSAL_TEXT, SidecarProcess, send_raw
 
 REALMODEL_URL = os.environ.get("AGENT_SIDECAR_REALMODEL_URL")
 MODEL = "gemma-3-270m"
@@ -111,3 +111,50 @@ def test_real_model_tool_call_arguments_stay_json(real_client: openai.OpenAI) ->
     arguments = json.loads(calls[0].function.arguments)
     assert isinstance(arguments, dict), arguments
     assert EMAIL not in calls[0].function.arguments, "email in returned arguments must be redacted"
+
+
+def test_real_model_streamed_tool_call_arrives_whole(
+    real_client: openai.OpenAI, realmodel_sidecar: SidecarProcess
+) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup_customer",
+                "description": "Find a customer by email address.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"email": {"type": "string"}},
+                    "required": ["email"],
+                },
+            },
+        }
+    ]
+    stream = real_client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Look up the customer jane.doe@example.com"}],
+        tools=tools,
+        tool_choice={"type": "function", "function": {"name": "lookup_customer"}},
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+    )
+    chunks = list(stream)
+    deltas = [call for chunk in chunks if chunk.choices for call in (chunk.choices[0].delta.tool_calls or [])]
+    assert len(deltas) == 1, f"the call must arrive as one delta, got {len(deltas)}"
+    call = deltas[0]
+    assert call.function.name == "lookup_customer", f"name is {call.function.name!r}"
+    assert isinstance(json.loads(call.function.arguments), dict), call.function.arguments
+    assert EMAIL not in call.function.arguments, "email in streamed arguments must be redacted"
+
+    # This server reports no usage in streams, so the sidecar counts the tokens itself.
+    metrics = send_raw(realmodel_sidecar.admin_port, "GET", "/metrics").body.decode()
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("agent_sidecar_gen_ai_tokens_total")
+        and 'source="sidecar"' in line
+        and 'token_type="output"' in line
+    ]
+    assert counted, f"no sidecar-counted output tokens in metrics:\n{metrics}"
+    assert float(counted[0].rsplit(" ", 1)[1]) > 0, counted[0]

@@ -66,7 +66,6 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         model: chat.model.clone(),
         conversation,
         request_messages: dialect::request_messages(&chat),
-        request_text_bytes: body.len(),
     };
     let strip_usage = chat.stream && openai_stream::request_usage(&mut chat);
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::error::ProxyError;
 use super::{ProxyState, VERDICT_HEADER};
+use crate::context::tokens::TokenCounter;
 use crate::dialect::openai::{self as dialect, ChatRequest};
 use crate::guard::Guard;
 use crate::policy::spec::StreamGuardMode;
@@ -31,9 +32,6 @@ pub(super) struct StreamContext {
     pub model: String,
     pub conversation: Option<String>,
     pub request_messages: Vec<crate::dialect::Message>,
-    /// Rough size of the request text, for a token estimate when the upstream reports
-    /// no usage.
-    pub request_text_bytes: usize,
 }
 
 /// Asks the upstream for usage in the stream. Returns true when the sidecar added the
@@ -224,8 +222,9 @@ async fn pump(
     }
 }
 
-/// Records token usage: the upstream's figures when it reported them, else an estimate of
-/// four bytes per token, labelled as such.
+/// Records token usage: the upstream's figures when it reported them, else the sidecar's
+/// own count with the model's tokenizer (an estimate for models whose tokenizer is not
+/// public, and for unknown models, which use the default encoding).
 pub(super) fn record_usage(
     state: &ProxyState,
     context: &StreamContext,
@@ -237,35 +236,21 @@ pub(super) fn record_usage(
         let output = u.get("completion_tokens")?.as_u64()?;
         Some((input, output))
     });
-    match reported {
-        Some((input, output)) => {
-            state
-                .metrics
-                .record_tokens(&context.model, input, output, "upstream")
-        }
-        None => {
-            // TODO: count with the model's tokenizer once the token counter is in place;
-            // four bytes per token is the usual rough figure for English text.
-            let output_bytes: usize = completion
-                .get("choices")
-                .and_then(Value::as_array)
-                .map(|choices| {
-                    choices
-                        .iter()
-                        .map(|c| {
-                            c.pointer("/message/content")
-                                .and_then(Value::as_str)
-                                .map_or(0, str::len)
-                        })
-                        .sum()
-                })
-                .unwrap_or(0);
-            state.metrics.record_tokens(
-                &context.model,
-                (context.request_text_bytes / 4) as u64,
-                (output_bytes / 4) as u64,
-                "estimate",
-            );
-        }
+    if let Some((input, output)) = reported {
+        state
+            .metrics
+            .record_tokens(&context.model, input, output, "upstream");
+        return;
     }
+    let counter = TokenCounter::for_model(&context.model);
+    let input = counter.messages(&context.request_messages);
+    let output: u32 = dialect::response_message(completion)
+        .map(|message| counter.message(&message))
+        .unwrap_or(0);
+    state.metrics.record_tokens(
+        &context.model,
+        u64::from(input),
+        u64::from(output),
+        "sidecar",
+    );
 }

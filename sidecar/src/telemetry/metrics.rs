@@ -119,7 +119,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "gen_ai_tokens",
-            "Tokens per model and type (input, output); source tells reported from estimated",
+            "Tokens per model and type (input, output); source is upstream (reported) or sidecar (counted)",
             tokens.clone(),
         );
         let hold_back_overflows = Family::<PolicyLabels, Counter>::default();
@@ -193,7 +193,7 @@ impl Metrics {
     }
 
     /// Counts tokens of one response; `source` is `upstream` when the provider reported
-    /// them and `estimate` when the sidecar estimated them.
+    /// them and `sidecar` when the sidecar counted them itself.
     pub fn record_tokens(&self, model: &str, input: u64, output: u64, source: &str) {
         for (kind, count) in [("input", input), ("output", output)] {
             self.tokens
