@@ -89,3 +89,52 @@ impl ContextPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(reserved: Option<u32>) -> ContextPolicy {
+        ContextPolicy {
+            budget: Budget::Fraction(0.5),
+            reserved_output_tokens: reserved,
+            strategy: Strategy::Truncate,
+            trigger: DEFAULT_TRIGGER,
+            summarizer_model: None,
+            summary_prompt: DEFAULT_SUMMARY_PROMPT.to_owned(),
+            summary_max_output_tokens: DEFAULT_SUMMARY_MAX_OUTPUT_TOKENS,
+            keep_recent_tokens: None,
+        }
+    }
+
+    #[test]
+    fn reserved_output_comes_from_policy_then_request_then_catalog() {
+        let catalog = ModelCatalog::default();
+        // gpt-4o: 128,000-token window, 16,384 maximum output tokens.
+        assert_eq!(
+            policy(Some(8_000)).budget_for(&catalog, "gpt-4o", Some(1_000)),
+            60_000
+        );
+        assert_eq!(
+            policy(None).budget_for(&catalog, "gpt-4o", Some(8_000)),
+            60_000
+        );
+        assert_eq!(
+            policy(None).budget_for(&catalog, "gpt-4o", None),
+            (128_000 - 16_384) / 2
+        );
+    }
+
+    #[test]
+    fn summary_settings_default_to_the_conversation_model() {
+        let settings = policy(None).summary_settings("gpt-4o", 10_000, std::time::Duration::ZERO);
+        assert_eq!(settings.model, "gpt-4o");
+        assert_eq!(settings.keep_recent_tokens, 5_000);
+        let mut named = policy(None);
+        named.summarizer_model = Some("gpt-4o-mini".to_owned());
+        named.keep_recent_tokens = Some(700);
+        let settings = named.summary_settings("gpt-4o", 10_000, std::time::Duration::ZERO);
+        assert_eq!(settings.model, "gpt-4o-mini");
+        assert_eq!(settings.keep_recent_tokens, 700);
+    }
+}

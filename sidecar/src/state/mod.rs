@@ -360,3 +360,42 @@ pub(crate) fn random_id() -> String {
     OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::{Part, Role};
+
+    fn user(text: &str) -> Message {
+        Message {
+            role: Role::User,
+            parts: vec![Part::Text {
+                text: text.to_owned(),
+            }],
+        }
+    }
+
+    fn stored(messages: Vec<Message>) -> Conversation {
+        Conversation {
+            turns: vec![Turn::new("m", "p", messages)],
+            ..Conversation::default()
+        }
+    }
+
+    #[test]
+    fn new_messages_follow_the_stored_prefix() {
+        let conversation = stored(vec![user("a"), user("b")]);
+        let request = [user("a"), user("b"), user("c")];
+        assert_eq!(conversation.new_messages(&request), &request[2..]);
+        assert!(conversation.new_messages(&request[..2]).is_empty());
+    }
+
+    #[test]
+    fn edited_history_is_all_new() {
+        let conversation = stored(vec![user("a"), user("b")]);
+        let request = [user("a"), user("edited"), user("c")];
+        assert_eq!(conversation.new_messages(&request), &request[..]);
+        let shorter = [user("a")];
+        assert_eq!(conversation.new_messages(&shorter), &shorter[..]);
+    }
+}
