@@ -108,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn reserved_output_comes_from_policy_then_request_then_catalog() {
+    fn reserved_output_precedence() {
         let catalog = ModelCatalog::default();
         // gpt-4o: 128,000-token window, 16,384 maximum output tokens.
         assert_eq!(

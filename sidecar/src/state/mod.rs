@@ -330,8 +330,8 @@ impl Default for StoreSettings {
 
 /// Opens the configured store: Redis when `redis` is set, else the in-memory store.
 ///
-/// Never waits for Redis: the Redis store connects lazily and starts degraded when the
-/// server is unreachable, so a Redis outage cannot delay or fail start-up.
+/// Never waits for Redis: the Redis store connects on its first command, so a Redis
+/// outage cannot delay or fail start-up. It reports itself degraded once a command fails.
 pub fn open(
     settings: StoreSettings,
     redis: Option<redis::RedisSettings>,

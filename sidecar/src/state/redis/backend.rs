@@ -212,7 +212,7 @@ impl Backend {
     }
 
     /// Drops, after a failed command, the connections that cannot recover by themselves,
-    /// so the next command asks the sentinels for the master again.
+    /// so the next command requests the master's address from the sentinels again.
     pub(super) fn on_error(&self, error: &RedisError) {
         if let Backend::Sentinel { master, .. } = self {
             tracing::debug!(error.kind = ?error.kind(), "forgetting the Redis master address");
