@@ -95,6 +95,7 @@ impl TestServer {
             cert_path: cert_path.clone(),
             key_path: key_path.clone(),
             reload_interval: RELOAD_INTERVAL,
+            shutdown_delay: Duration::ZERO,
             settings: InjectionSettings::default(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -427,8 +428,9 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
         .arg(dir.path().join("tls.key"))
         .args(["--sidecar-image", "registry.example.com/agent-sidecar:e2e"])
         .args(["--default-policy", "team-policy"])
+        .args(["--shutdown-delay-ms", "1500"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("webhook.log")).expect("log file"))
         .spawn()
         .expect("webhook starts");
     let mut child = ChildGuard(child);
@@ -448,13 +450,10 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let response = post_review(
-        &client(&ca),
-        &format!("https://127.0.0.1:{https_port}/mutate"),
-        BARE_POD_REVIEW,
-    )
-    .await
-    .expect("HTTPS request succeeds");
+    let mutate_url = format!("https://127.0.0.1:{https_port}/mutate");
+    let response = post_review(&client(&ca), &mutate_url, BARE_POD_REVIEW)
+        .await
+        .expect("HTTPS request succeeds");
     let review = json_body(response).await;
     let patch: Vec<u8> =
         serde_json::from_value(review["response"]["patch"].clone()).expect("patch bytes");
@@ -470,6 +469,25 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
         .status()
         .expect("kill runs");
     assert!(status.success());
+
+    // During the shutdown delay the webhook reports not ready but still answers reviews.
+    let deadline = Instant::now() + WAIT_LIMIT;
+    loop {
+        let response = reqwest::get(&ready_url).await.expect("admin still answers");
+        if response.status() == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness did not drop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = post_review(&client(&ca), &mutate_url, BARE_POD_REVIEW)
+        .await
+        .expect("reviews are answered during the shutdown delay");
+    assert_eq!(response.status(), 200);
+
     let deadline = Instant::now() + WAIT_LIMIT;
     let exit = loop {
         if let Some(exit) = child.0.try_wait().expect("child status") {
@@ -481,5 +499,63 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(exit.success(), "webhook exits 0 after SIGTERM: {exit:?}");
+    let log = std::fs::read_to_string(dir.path().join("webhook.log")).unwrap_or_default();
+    assert!(
+        exit.success(),
+        "webhook exits 0 after SIGTERM: {exit:?}\n{log}"
+    );
+    assert!(log.contains("webhook stopped"), "{log}");
+}
+
+fn wait_ready(url: &str, timeout_secs: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"));
+    command
+        .args(["wait-ready", "--url", url, "--timeout-secs", timeout_secs])
+        .args(["--interval-ms", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_returns_once_ready() {
+    let ca = new_ca("test CA");
+    let server = TestServer::start(None).await;
+    let url = format!("{}/readyz", server.admin);
+    let waiter = wait_ready(&url, "10").spawn().expect("wait-ready starts");
+    let mut waiter = ChildGuard(waiter);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiter.0.try_wait().expect("child status").is_none(),
+        "wait-ready returned before the server was ready"
+    );
+
+    let (cert, key) = serving_pair(&ca);
+    replace_file(&server.key_path, &key);
+    replace_file(&server.cert_path, &cert);
+    let deadline = Instant::now() + WAIT_LIMIT;
+    let exit = loop {
+        if let Some(exit) = waiter.0.try_wait().expect("child status") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "wait-ready did not return");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_times_out_with_last_status() {
+    let server = TestServer::start(None).await;
+    let url = format!("{}/readyz", server.admin);
+    let output = tokio::task::spawn_blocking(move || wait_ready(&url, "1").output())
+        .await
+        .expect("blocking task")
+        .expect("wait-ready runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not ready after 1 seconds"), "{stderr}");
+    assert!(stderr.contains("status 503"), "{stderr}");
+    server.stop().await;
 }

@@ -49,6 +49,15 @@ pub struct WebhookArgs {
         default_value_t = 5000
     )]
     pub tls_reload_interval_ms: u64,
+    /// Milliseconds between SIGTERM and closing the HTTPS listener, during which /readyz
+    /// fails so the API server stops sending reviews to this pod first. Keep it below the
+    /// pod's terminationGracePeriodSeconds.
+    #[arg(
+        long,
+        env = "AGENT_SIDECAR_WEBHOOK_SHUTDOWN_DELAY_MS",
+        default_value_t = 5000
+    )]
+    pub shutdown_delay_ms: u64,
     #[command(flatten)]
     pub injection: InjectionArgs,
 }
@@ -71,6 +80,7 @@ pub fn run(args: WebhookArgs) -> ExitCode {
         cert_path: args.tls_cert,
         key_path: args.tls_key,
         reload_interval: Duration::from_millis(args.tls_reload_interval_ms),
+        shutdown_delay: Duration::from_millis(args.shutdown_delay_ms),
         settings,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -57,6 +57,9 @@ pub struct WebhookConfig {
     pub key_path: PathBuf,
     /// How often the certificate files are checked for changes.
     pub reload_interval: Duration,
+    /// Time between a shutdown request and closing the listener, during which the
+    /// webhook still answers but reports not ready.
+    pub shutdown_delay: Duration,
     pub settings: InjectionSettings,
 }
 
@@ -141,8 +144,16 @@ pub async fn serve(
     ));
 
     shutdown.await;
-    tracing::info!("shutdown requested; draining connections");
+    // The API server keeps sending reviews to this pod until the endpoint removal reaches
+    // it. Closing the listener at once would refuse those reviews, and with
+    // failurePolicy Ignore their pods would start without the sidecar.
     draining.store(true, Ordering::Release);
+    tracing::info!(
+        delay_ms = config.shutdown_delay.as_millis(),
+        "shutdown requested; not ready, still serving"
+    );
+    tokio::time::sleep(config.shutdown_delay).await;
+    tracing::info!("closing the listener; draining connections");
     let _ = stop_tx.send(true);
     let _ = https_task.await;
     let _ = reload_task.await;
