@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use agent_sidecar::webhook::server::{WebhookConfig, serve};
 use agent_sidecar::webhook::settings::InjectionSettings;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -201,7 +203,12 @@ async fn review_over_https_returns_patch() {
     );
     assert_eq!(review["response"]["allowed"], true);
     assert_eq!(review["response"]["patchType"], "JSONPatch");
-    assert!(review["response"]["patch"].is_array() || review["response"]["patch"].is_string());
+    let encoded = review["response"]["patch"]
+        .as_str()
+        .expect("the patch is a base64 string, as the v1 API defines it");
+    let patch = BASE64.decode(encoded).expect("valid base64");
+    let patch: Value = serde_json::from_slice(&patch).expect("the patch is JSON");
+    assert_eq!(patch[0]["op"], "add");
 
     // The CronJob pod carries no annotation: only the namespace-enabled endpoint injects.
     let pod_only = post_review(
@@ -455,8 +462,8 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
         .await
         .expect("HTTPS request succeeds");
     let review = json_body(response).await;
-    let patch: Vec<u8> =
-        serde_json::from_value(review["response"]["patch"].clone()).expect("patch bytes");
+    let encoded = review["response"]["patch"].as_str().expect("base64 patch");
+    let patch = BASE64.decode(encoded).expect("valid base64");
     let patch = String::from_utf8(patch).expect("UTF-8 patch");
     assert!(
         patch.contains("registry.example.com/agent-sidecar:e2e"),

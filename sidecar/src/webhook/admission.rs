@@ -2,6 +2,8 @@
 //! `kube-core`'s types, runs the pod mutation and builds the response. No I/O, so the
 //! server and the unit tests share it.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use json_patch::Patch;
 use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::Pod;
@@ -44,6 +46,20 @@ pub struct Reviewed {
     /// The pod's name, or its `generateName` prefix when the API server has not named it yet.
     pub pod: String,
     pub warnings: Vec<String>,
+}
+
+impl Reviewed {
+    /// Encodes the response review as the API server reads it. `kube-core` serializes the
+    /// patch bytes as a JSON array of numbers, but the `patch` field of the v1 API is a
+    /// base64 string, so it is rewritten here.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.review).unwrap_or_default();
+        let patch = self.review.response.as_ref().and_then(|r| r.patch.as_ref());
+        if let (Some(bytes), Some(response)) = (patch, value.get_mut("response")) {
+            response["patch"] = serde_json::Value::String(BASE64.encode(bytes));
+        }
+        value
+    }
 }
 
 /// Builds the response to one admission review body.

@@ -351,7 +351,7 @@ async fn answer(state: AppState, body: Body, namespace: NamespaceInjection) -> R
                     "admission reviewed"
                 ),
             }
-            axum::Json(reviewed.review).into_response()
+            axum::Json(reviewed.to_json()).into_response()
         }
         Err(error) => {
             let reason = match &error {

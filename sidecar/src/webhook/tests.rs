@@ -2,6 +2,8 @@
 //! from each response is applied with `json-patch` and the resulting pod is checked field
 //! by field.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use json_patch::Patch;
 use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -41,7 +43,7 @@ struct Admitted {
 
 fn admit(body: &str, namespace: NamespaceInjection, settings: &InjectionSettings) -> Admitted {
     let reviewed = review(body.as_bytes(), namespace, settings).expect("the review is valid");
-    let envelope = serde_json::to_value(&reviewed.review).expect("the response serializes");
+    let envelope = reviewed.to_json();
     assert_eq!(envelope["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(envelope["kind"], "AdmissionReview");
     let response = envelope["response"].clone();
@@ -49,13 +51,10 @@ fn admit(body: &str, namespace: NamespaceInjection, settings: &InjectionSettings
     assert_eq!(response["uid"], request["request"]["uid"], "uid is echoed");
 
     let mut pod_json = request["request"]["object"].clone();
-    let patch_bytes = reviewed
-        .review
-        .response
-        .as_ref()
-        .and_then(|r| r.patch.clone());
-    if let Some(bytes) = patch_bytes {
+    if let Some(encoded) = response.get("patch") {
         assert_eq!(response["patchType"], "JSONPatch");
+        let encoded = encoded.as_str().expect("the patch is a base64 string");
+        let bytes = BASE64.decode(encoded).expect("the patch is valid base64");
         let patch: Patch = serde_json::from_slice(&bytes).expect("the patch is a JSON Patch");
         json_patch::patch(&mut pod_json, &patch).expect("the patch applies to the pod");
     }
