@@ -477,7 +477,7 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
         .expect("kill runs");
     assert!(status.success());
 
-    // During the shutdown delay the webhook reports not ready but still answers reviews.
+    // During the shutdown delay the webhook reports not ready but still serves reviews.
     let deadline = Instant::now() + WAIT_LIMIT;
     loop {
         let response = reqwest::get(&ready_url).await.expect("admin still answers");

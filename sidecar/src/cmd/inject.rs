@@ -14,7 +14,7 @@ use crate::webhook::settings::{
 };
 use crate::webhook::workload::inject_manifest;
 
-/// How injected sidecars are configured; pod annotations override most of these.
+/// Settings of injected sidecars; pod annotations override most of these.
 #[derive(Debug, Args)]
 pub struct InjectionArgs {
     /// Sidecar image [default: the release matching this binary].
@@ -42,7 +42,7 @@ pub struct InjectionArgs {
         conflicts_with = "redis_url_secret"
     )]
     pub redis_url: Option<String>,
-    /// Secret in the pod's namespace whose redis-url key holds the Redis URL.
+    /// Secret in the pod's namespace whose redis-url key contains the Redis URL.
     #[arg(long, env = "AGENT_SIDECAR_INJECT_REDIS_URL_SECRET")]
     pub redis_url_secret: Option<String>,
     /// The sidecar's log level (RUST_LOG).

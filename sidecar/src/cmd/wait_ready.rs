@@ -1,4 +1,4 @@
-//! `agent-sidecar wait-ready`: poll the sidecar's readiness endpoint until it answers 200.
+//! `agent-sidecar wait-ready`: poll the sidecar's readiness endpoint until it returns 200.
 //! Classic-mode injection runs it as the sidecar's `postStart` hook, which the kubelet
 //! waits for before starting the next container, so the agent starts only once the
 //! sidecar can guard its traffic.
@@ -22,7 +22,7 @@ pub struct WaitReadyArgs {
     pub interval_ms: u64,
 }
 
-/// Time one readiness request may take; the admin server answers from memory.
+/// Time one readiness request may take; the admin server responds from memory.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn run(args: WaitReadyArgs) -> ExitCode {

@@ -58,7 +58,7 @@ pub struct WebhookConfig {
     /// How often the certificate files are checked for changes.
     pub reload_interval: Duration,
     /// Time between a shutdown request and closing the listener, during which the
-    /// webhook still answers but reports not ready.
+    /// webhook still serves reviews but reports not ready.
     pub shutdown_delay: Duration,
     pub settings: InjectionSettings,
 }

@@ -85,7 +85,7 @@ pub const ADMIN_PORT: u16 = 14190;
 pub const OPENAI_KEY_SECRET_KEY: &str = "openai-api-key";
 /// Key in the credentials Secret that contains the Anthropic key.
 pub const ANTHROPIC_KEY_SECRET_KEY: &str = "anthropic-api-key";
-/// Key in the Redis Secret that holds the URL.
+/// Key in the Redis Secret that contains the URL.
 pub const REDIS_URL_SECRET_KEY: &str = "redis-url";
 
 /// Non-root user and group of the injected container; 65532 is the `nonroot` user of
@@ -137,7 +137,7 @@ pub enum RedisSetting {
     None,
     /// A URL written into the pod spec; use it only for URLs without a password.
     Url(String),
-    /// A Secret in the pod's namespace whose `redis-url` key holds the URL.
+    /// A Secret in the pod's namespace whose `redis-url` key contains the URL.
     Secret(String),
 }
 
