@@ -397,6 +397,34 @@ async fn not_ready_until_certificate_exists() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+
+    let ca = new_ca("test CA");
+    let server = TestServer::start(Some(serving_pair(&ca))).await;
+    server.wait_ready().await;
+    let address = server.https.trim_start_matches("https://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("TCP connect");
+
+    // A client that never starts the TLS handshake is dropped after the handshake
+    // timeout, so stalled connections cannot pile up.
+    let started = Instant::now();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(WAIT_LIMIT, stream.read(&mut buffer))
+        .await
+        .expect("the server closes the connection within the limit");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "closed after {elapsed:?}, before the handshake timeout"
+    );
+    server.stop().await;
+}
+
 /// Ends the child on drop, so a failed assertion does not leave it running.
 struct ChildGuard(Child);
 
