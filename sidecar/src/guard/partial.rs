@@ -4,7 +4,7 @@
 //! know, for text that ends mid-stream, whether some suffix is the start of a match that
 //! more text could complete, so that it holds back that suffix and nothing more. This
 //! runs the pattern's lazy DFA (regex-automata) anchored at each candidate start and
-//! asks whether it is still alive at the end of the text.
+//! checks whether it is still alive at the end of the text.
 
 use std::sync::Mutex;
 

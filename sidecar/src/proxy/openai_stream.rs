@@ -26,7 +26,7 @@ use crate::stream::openai::{Flow, OpenAiStream};
 /// the upstream read instead of growing memory.
 const CLIENT_QUEUE_DEPTH: usize = 32;
 
-/// What a streamed request needs after the response headers are sent.
+/// Request state that a stream needs after the response headers are sent.
 pub(super) struct StreamContext {
     pub guard: Arc<Guard>,
     pub model: String,

@@ -18,7 +18,7 @@ use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
 use crate::sse::{self, Frame};
 
-/// What the caller does after a step.
+/// The caller's next action after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     Continue,
@@ -28,7 +28,7 @@ pub enum Flow {
     Failed,
 }
 
-/// Why a stream ended with an error event, for logs and metrics.
+/// Cause of a stream ending with an error event, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamError {
     Blocked { rule: String },
@@ -63,7 +63,7 @@ pub struct OpenAiStream {
     choices: BTreeMap<u64, ChoiceState>,
     findings: Vec<Finding>,
     usage: Option<Value>,
-    /// What the client received, assembled, for the stored turn.
+    /// Chunks the client received, assembled for the stored turn.
     released: StreamAssembly,
     pub error: Option<StreamError>,
     ended: bool,
@@ -104,7 +104,7 @@ impl OpenAiStream {
         self.usage.as_ref()
     }
 
-    /// The completion the client received, as one `chat.completion` object.
+    /// Returns the completion the client received, as one `chat.completion` object.
     pub fn released_completion(&self) -> Value {
         self.released.to_completion()
     }
@@ -128,9 +128,9 @@ impl OpenAiStream {
                 return Flow::Continue;
             }
             Frame::Retry(retry) => {
-                // A block with only `retry` dispatches no event in a browser, but some
-                // SDKs (openai 3.60) parse it as an empty event and fail; the value rides
-                // on the next event instead.
+                // A block with only `retry` dispatches no event in a browser. The openai
+                // Python SDK (3.60) parses it as an empty event and fails, so the value
+                // rides on the next event instead.
                 self.pending_retry = Some(retry);
                 return Flow::Continue;
             }
