@@ -249,10 +249,14 @@ fn ordered_crd(value: Value) -> Value {
     Value::Object(ordered)
 }
 
-/// JSON Schema (draft 2020-12) of a whole `GuardrailPolicy` document, for editors and
+/// Generates the JSON Schema of a whole `GuardrailPolicy` document, for editors and
 /// linters. Unlike the CRD schema it rejects unknown fields, as the sidecar does.
 pub fn policy_json_schema() -> Value {
-    let mut schema = schemars::schema_for!(GuardrailPolicy).to_value();
+    // Draft 7 rather than 2020-12: editor integrations have supported it the longest.
+    let mut schema = SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<GuardrailPolicy>()
+        .to_value();
     if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         properties.insert("apiVersion".to_owned(), json!({"const": API_VERSION}));
         properties.insert("kind".to_owned(), json!({"const": KIND}));
