@@ -107,6 +107,9 @@ pub fn sidecar_container(settings: &PodSettings) -> Container {
             container.startup_probe = Some(http_probe("/startupz", 1, 120));
         }
         SidecarMode::Classic => {
+            // NOTE: classic mode has no shutdown ordering: at pod deletion the sidecar and
+            // the app get SIGTERM together, so app requests sent after the sidecar closes
+            // its listener fail. Native mode stops the sidecar after the app containers.
             container.lifecycle = Some(Lifecycle {
                 post_start: Some(LifecycleHandler {
                     exec: Some(ExecAction {
