@@ -34,10 +34,12 @@ EMAIL = "jane.doe@example.com"
 CARD_WITH_SPACES = "4111 1111 1111 1111"
 CARD_WITH_DASHES = "4111-1111-1111-1111"
 IBAN = "AL47212110090000000235698741"
+PHONE = "+1 415 555 2671"
+SECOND_EMAIL = "bob.roe@example.org"
 
 # Every PII value that the suite sends through a sidecar, including the digit-only form of
 # the card number. None of them may appear in a sidecar's logs.
-PII_VALUES = (EMAIL, CARD_WITH_SPACES, CARD_WITH_DASHES, "4111111111111111", IBAN)
+PII_VALUES = (EMAIL, CARD_WITH_SPACES, CARD_WITH_DASHES, "4111111111111111", IBAN, PHONE, SECOND_EMAIL)
 
 READY_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
@@ -333,8 +335,18 @@ def sidecar_binary() -> Path:
 class SidecarProcess:
     """An `agent-sidecar serve` process on free loopback ports, with stdout and stderr in files."""
 
-    def __init__(self, name: str, policy: str, upstream_url: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        policy: str,
+        upstream_url: str,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.extra_args = extra_args
+        self.extra_env = dict(extra_env or {})
         self.policy_path = f"tests/sdk/policies/{policy}.yaml"
         self.upstream_url = upstream_url
         self.port = free_port()
@@ -371,6 +383,7 @@ class SidecarProcess:
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
             "--openai-upstream", self.upstream_url,
             "--policy", self.policy_path,
+            *self.extra_args,
         ]
         env = {
             name: value
@@ -380,8 +393,10 @@ class SidecarProcess:
         env["OPENAI_API_KEY"] = UPSTREAM_API_KEY
         env["RUST_LOG"] = "info"
         env["NO_PROXY"] = "127.0.0.1,localhost"
+        env.update(self.extra_env)
 
-        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+        # Append, so the logs of a restarted sidecar keep those of its earlier process.
+        with open(self.stdout_path, "ab") as stdout, open(self.stderr_path, "ab") as stderr:
             self._process = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
             )
@@ -410,6 +425,11 @@ class SidecarProcess:
             f"127.0.0.1:{self.admin_port} never returned 200\ncommand: {command}\n{self.read_logs()}"
         )
 
+    def restart(self) -> None:
+        """Stop the sidecar and start a new process with the same ports and log files."""
+        self.stop()
+        self.start()
+
     def stop(self) -> None:
         """Send SIGTERM to the sidecar's PID, then SIGKILL if it has not exited in time."""
         if self._process is None or self._process.poll() is not None:
@@ -425,6 +445,58 @@ class SidecarProcess:
         stdout = self.stdout_path.read_text(encoding="utf-8", errors="replace")
         stderr = self.stderr_path.read_text(encoding="utf-8", errors="replace")
         return f"--- sidecar stdout ---\n{stdout}--- sidecar stderr ---\n{stderr}"
+
+
+class RedisServer:
+    """A `redis-server` on a free loopback port without persistence, for sidecar restarts."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it replies to PING; raise RuntimeError otherwise."""
+        command = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.data_dir),
+        ]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server on 127.0.0.1:{self.port} did not answer PING in time")
+
+    def stop(self) -> None:
+        """Send SIGTERM to the server's PID, then SIGKILL if it has not exited in time."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
 
 # ---------------------------------------------------------------------------

@@ -10,11 +10,13 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, SecretSource};
+use crate::context::{SummaryScheduler, summarize};
 use crate::guard::Guard;
 use crate::guard::pii::HashKey;
 use crate::health::{self, AdminState};
 use crate::policy::Policy;
 use crate::proxy::{self, ProxyState, upstream};
+use crate::state::vault::VaultKey;
 use crate::state::{self, ConversationStore};
 use crate::telemetry::metrics::Metrics;
 
@@ -163,11 +165,32 @@ async fn serve(config: Config) -> Result<(), String> {
     let started = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(true));
 
+    let vault_key = match &config.vault_key {
+        Some((secret, _)) => VaultKey::from_secret(secret.expose().as_bytes()),
+        None => {
+            tracing::warn!(
+                "no vault key configured (vault.keyFile or AGENT_SIDECAR_VAULT_KEY); pseudonyms \
+                 stored before a restart cannot be restored after it"
+            );
+            VaultKey::random()
+        }
+    };
+    let summaries = SummaryScheduler::new(
+        Arc::new(proxy::UpstreamSummarizer {
+            upstream: openai.clone(),
+            metrics: metrics.clone(),
+        }),
+        store.clone(),
+        summarize::DEFAULT_RETRY,
+    );
     let proxy_router = proxy::router(ProxyState {
         guard: guard.clone(),
         openai,
         metrics: metrics.clone(),
         store: store.clone(),
+        vault_key,
+        models: Arc::new(config.models.clone()),
+        summaries,
         max_request_body_bytes: config.max_request_body_bytes,
         passthrough_unknown_paths: config.passthrough_unknown_paths,
     });

@@ -630,6 +630,68 @@ pub fn guard_response(guard: &Guard, response: &mut Value) -> Evaluation {
     evaluation
 }
 
+/// Replaces pseudonym placeholders with the original values in every choice of a
+/// `chat.completion` object: content, refusals and tool-call arguments. Runs after the
+/// output guardrails, so restored values reach the client as the input contained them.
+pub fn restore_response(guard: &Guard, response: &mut Value) {
+    if let Some(Value::Array(choices)) = response.get_mut("choices") {
+        for choice in choices.iter_mut() {
+            if let Some(message) = choice.get_mut("message") {
+                restore_message(guard, message);
+            }
+        }
+    }
+}
+
+/// Replaces pseudonym placeholders in complete tool calls (`[{"function": {"arguments"}}]`),
+/// keeping the arguments valid JSON.
+pub fn restore_tool_calls(guard: &Guard, calls: &mut [Value]) {
+    for call in calls.iter_mut() {
+        if let Some(function) = call.get_mut("function") {
+            restore_arguments(guard, function);
+        }
+    }
+}
+
+fn restore_message(guard: &Guard, message: &mut Value) {
+    match message.get_mut("content") {
+        Some(Value::String(text)) => restore_in_place(guard, text),
+        Some(Value::Array(parts)) => {
+            for part in parts.iter_mut() {
+                if let Some(text) = part_text_mut(part) {
+                    restore_in_place(guard, text);
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(Value::String(refusal)) = message.get_mut("refusal") {
+        restore_in_place(guard, refusal);
+    }
+    if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+        restore_tool_calls(guard, calls);
+    }
+    if let Some(function) = message.get_mut("function_call") {
+        restore_arguments(guard, function);
+    }
+}
+
+fn restore_in_place(guard: &Guard, text: &mut String) {
+    if let std::borrow::Cow::Owned(restored) = guard.restore(text) {
+        *text = restored;
+    }
+}
+
+fn restore_arguments(guard: &Guard, function: &mut Value) {
+    if let Some(Value::String(arguments)) = function.get_mut("arguments") {
+        // Placeholders contain no JSON syntax, so in valid arguments they can only sit
+        // inside string literals, where restored values need JSON escaping.
+        if let std::borrow::Cow::Owned(restored) = guard.restore_json_string(arguments) {
+            *arguments = restored;
+        }
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -917,7 +979,8 @@ pub fn response_message(response: &Value) -> Option<Message> {
         .map(to_common)
 }
 
-fn to_common(message: &Value) -> Message {
+/// Converts one Chat Completions message to the common model.
+pub fn to_common(message: &Value) -> Message {
     let role = match message.get("role").and_then(Value::as_str) {
         Some("system" | "developer") => Role::System,
         Some("assistant") => Role::Assistant,

@@ -10,13 +10,16 @@ pub mod pii;
 pub mod topic;
 pub mod verdict;
 
+use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
 use crate::policy::spec::{Decision, Direction, Mode, PiiAction};
 use crate::policy::{PiiBinding, Policy};
+use crate::state::SealedEntry;
+use crate::state::vault::{PseudonymVault, pending_placeholder_len};
 use pii::{HashKey, PiiMatch};
 use topic::TopicMatch;
 pub use verdict::{Finding, FindingKind, Outcome, Verdict};
@@ -81,16 +84,84 @@ pub struct ActionCheck {
     pub findings: Vec<Finding>,
 }
 
-/// A policy plus the runtime secrets its transformations need.
+/// A policy plus the runtime secrets its transformations need, and for one request the
+/// pseudonym vault of its conversation.
 #[derive(Debug, Clone)]
 pub struct Guard {
     policy: Arc<Policy>,
     hash_key: Arc<HashKey>,
+    /// Per-request vault; `pseudonymize` without one writes a `hash` token instead.
+    vault: Option<Arc<Mutex<PseudonymVault>>>,
 }
 
 impl Guard {
     pub fn new(policy: Arc<Policy>, hash_key: Arc<HashKey>) -> Guard {
-        Guard { policy, hash_key }
+        Guard {
+            policy,
+            hash_key,
+            vault: None,
+        }
+    }
+
+    /// Returns a guard for one request whose `pseudonymize` rules write placeholders from
+    /// `vault` and whose output restores them.
+    pub fn with_vault(&self, vault: PseudonymVault) -> Guard {
+        Guard {
+            policy: self.policy.clone(),
+            hash_key: self.hash_key.clone(),
+            vault: Some(Arc::new(Mutex::new(vault))),
+        }
+    }
+
+    fn vault(&self) -> Option<MutexGuard<'_, PseudonymVault>> {
+        let vault = self.vault.as_ref()?;
+        // A panic while the lock was held leaves a usable map, so poisoning is ignored.
+        Some(
+            vault
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Replaces the vault's placeholders in `text` with the original values.
+    pub fn restore<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.vault() {
+            Some(vault) => Cow::Owned(vault.restore(text).into_owned()),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// Like `restore`, for the inside of a JSON string literal or a whole JSON text
+    /// whose placeholders all sit inside string literals (tool-call arguments).
+    pub fn restore_json_string<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.vault() {
+            Some(vault) => Cow::Owned(vault.restore_json_string(text).into_owned()),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// Returns how many trailing bytes of `text` a stream must hold back because they
+    /// could start a placeholder that the next delta completes; 0 without a vault.
+    pub fn pending_placeholder_len(&self, text: &str) -> usize {
+        match &self.vault {
+            Some(_) => pending_placeholder_len(text),
+            None => 0,
+        }
+    }
+
+    /// Replaces original values in the vault with their placeholders.
+    pub fn conceal<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.vault() {
+            Some(vault) => Cow::Owned(vault.conceal(text).into_owned()),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// Seals and returns the vault entries created since the last call.
+    pub fn take_new_vault_entries(&self) -> Vec<SealedEntry> {
+        self.vault()
+            .map(|mut vault| vault.take_new_entries())
+            .unwrap_or_default()
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
@@ -250,7 +321,8 @@ impl Guard {
                 PiiAction::Block => Outcome::Block,
                 PiiAction::Redact => Outcome::Redact,
                 PiiAction::Mask => Outcome::Mask,
-                PiiAction::Hash | PiiAction::Pseudonymize => Outcome::Hash,
+                PiiAction::Hash => Outcome::Hash,
+                PiiAction::Pseudonymize => Outcome::Pseudonymize,
                 PiiAction::Allow => Outcome::Allow,
             };
             let finding = Finding {
@@ -372,7 +444,11 @@ impl Guard {
     ) -> String {
         match action {
             PiiAction::Mask => pii::mask(value, binding.mask_keep, binding.mask_char),
-            PiiAction::Hash | PiiAction::Pseudonymize => self.hash_key.token(entity_name, value),
+            PiiAction::Pseudonymize => match self.vault() {
+                Some(mut vault) => vault.pseudonym(entity_name, value),
+                None => self.hash_key.token(entity_name, value),
+            },
+            PiiAction::Hash => self.hash_key.token(entity_name, value),
             PiiAction::Redact | PiiAction::Block | PiiAction::Allow => {
                 pii::redact_placeholder(entity_name)
             }
@@ -382,7 +458,7 @@ impl Guard {
 
 /// Parts joined with `PART_SEPARATOR`, with the map from joined offsets back to parts.
 struct JoinedParts<'a> {
-    joined: std::borrow::Cow<'a, str>,
+    joined: Cow<'a, str>,
     /// Start offset of each part in the joined text.
     starts: Vec<usize>,
     lengths: Vec<usize>,
@@ -393,7 +469,7 @@ impl<'a> JoinedParts<'a> {
         let lengths = parts.iter().map(|p| p.len()).collect();
         if let [single] = parts {
             return JoinedParts {
-                joined: std::borrow::Cow::Borrowed(single),
+                joined: Cow::Borrowed(single),
                 starts: vec![0],
                 lengths,
             };
@@ -408,7 +484,7 @@ impl<'a> JoinedParts<'a> {
             joined.push_str(part);
         }
         JoinedParts {
-            joined: std::borrow::Cow::Owned(joined),
+            joined: Cow::Owned(joined),
             starts,
             lengths,
         }

@@ -36,6 +36,8 @@ pub enum Outcome {
     Redact,
     Mask,
     Hash,
+    /// Replaced with a conversation-scoped placeholder from the pseudonym vault.
+    Pseudonymize,
     Escalate,
     /// A denied tool taken out of the tools a request offers.
     Removed,
@@ -49,6 +51,7 @@ impl Outcome {
             Outcome::Redact => "redact",
             Outcome::Mask => "mask",
             Outcome::Hash => "hash",
+            Outcome::Pseudonymize => "pseudonymize",
             Outcome::Escalate => "escalate",
             Outcome::Removed => "removed",
         }
@@ -148,9 +151,11 @@ impl Verdict {
                 rule: finding.rule.clone(),
                 kind: finding.kind,
             },
-            Outcome::Redact | Outcome::Mask | Outcome::Hash | Outcome::Removed => {
-                Verdict::Transform
-            }
+            Outcome::Redact
+            | Outcome::Mask
+            | Outcome::Hash
+            | Outcome::Pseudonymize
+            | Outcome::Removed => Verdict::Transform,
         }
     }
 }

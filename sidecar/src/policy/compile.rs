@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
 
-use super::spec::{self, Direction, GuardrailPolicy, PiiAction};
+use super::spec::{self, Direction, GuardrailPolicy};
 use super::{
     DEFAULT_REFUSAL, PiiBinding, PiiPolicy, Policy, PolicyError, PolicyErrors, PolicyIdentity,
 };
@@ -501,15 +501,6 @@ fn compile_pii(spec: &spec::Spec, ids: &mut RuleIds, errors: &mut Errors) -> Opt
     for (i, rule) in spec.pii.iter().enumerate() {
         let path = format!("spec.pii[{i}]");
         ids.claim(&rule.id, &format!("{path}.id"), errors);
-        for (direction, action) in [("input", rule.input), ("output", rule.output)] {
-            if action == PiiAction::Pseudonymize {
-                errors.push(
-                    format!("{path}.{direction}"),
-                    "pseudonymize is not available in this version; use hash for a stable \
-                     keyed token or redact for a typed placeholder",
-                );
-            }
-        }
         if rule.entities.is_empty() {
             errors.push(format!("{path}.entities"), "list at least one entity");
         }
@@ -642,7 +633,6 @@ mod tests {
             "spec.actions.rules[0].tools[0]: invalid glob",
             "spec.actions.rules[0].arguments[0].pointer: invalid JSON Pointer",
             "spec.actions.rules[0].arguments[0]: min 5 is greater than max 1",
-            "spec.pii[0].input: pseudonymize is not available",
             "spec.pii[0].entities[1]: unknown entity \"PASSPORT\"",
             "spec.pii[1].entities[0]: EMAIL is already handled by rule \"p\"",
         ] {
@@ -651,7 +641,7 @@ mod tests {
                 "missing {expected:?} in:\n{joined}"
             );
         }
-        assert_eq!(errors.len(), 9, "{joined}");
+        assert_eq!(errors.len(), 8, "{joined}");
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub enum ProxyError {
     Blocked { rule: String, kind: &'static str },
     #[error("request requires approval under guardrail policy: rule {rule:?} ({kind})")]
     ApprovalRequired { rule: String, kind: &'static str },
+    #[error("{reason}")]
+    StoreUnavailable { reason: String },
+    #[error(
+        "request needs about {tokens} input tokens, {over} over this sidecar's context budget \
+         of {budget} tokens for the model; shorten the conversation or start a new one"
+    )]
+    ContextOverBudget { tokens: u32, budget: u32, over: u32 },
     #[error("upstream {provider} is unavailable: {reason}")]
     UpstreamUnavailable {
         provider: &'static str,
@@ -93,6 +100,16 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 "guardrail_violation",
                 "approval_required",
+            ),
+            ProxyError::StoreUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "conversation_store_unavailable",
+            ),
+            ProxyError::ContextOverBudget { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
             ),
             ProxyError::UpstreamUnavailable { .. } => (
                 StatusCode::BAD_GATEWAY,

@@ -1,10 +1,13 @@
 //! The model proxy: an HTTP server on loopback that speaks the providers' APIs, guards
 //! each request and response, and forwards to the configured upstream.
 
+mod conversation;
 pub mod error;
 mod openai;
 mod openai_stream;
 pub mod upstream;
+
+pub use conversation::UpstreamSummarizer;
 
 use std::sync::Arc;
 
@@ -15,8 +18,10 @@ use axum::routing::{any, get, post};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use crate::context::{ModelCatalog, SummaryScheduler};
 use crate::guard::Guard;
 use crate::state::ConversationStore;
+use crate::state::vault::VaultKey;
 use crate::telemetry::metrics::Metrics;
 use error::ProxyError;
 use upstream::Upstream;
@@ -27,8 +32,6 @@ pub const CONVERSATION_ID_HEADER: &str = "x-agent-conversation-id";
 pub const VERDICT_HEADER: &str = "x-agent-sidecar-verdict";
 /// Response header naming the rule that blocked a request or response.
 pub const BLOCKED_RULE_HEADER: &str = "x-agent-sidecar-blocked-rule";
-/// Maximum conversation id length; longer ids are ignored rather than stored.
-const MAX_CONVERSATION_ID_LEN: usize = 256;
 
 /// State shared by every proxy handler.
 #[derive(Debug, Clone)]
@@ -37,6 +40,12 @@ pub struct ProxyState {
     pub openai: Upstream,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn ConversationStore>,
+    /// Key that seals pseudonym vault entries at rest.
+    pub vault_key: VaultKey,
+    /// Context windows and output limits per model.
+    pub models: Arc<ModelCatalog>,
+    /// Background summarization of conversations that reach their trigger.
+    pub summaries: SummaryScheduler,
     pub max_request_body_bytes: usize,
     pub passthrough_unknown_paths: bool,
 }
@@ -81,36 +90,5 @@ async fn read_body(request: Request<Body>, limit_bytes: usize) -> Result<Bytes, 
             Err(ProxyError::RequestTooLarge { limit_bytes })
         }
         Err(e) => Err(ProxyError::RequestBody(e.to_string())),
-    }
-}
-
-/// Reads the conversation id from the request headers, when present and usable.
-fn conversation_id(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get(CONVERSATION_ID_HEADER)?.to_str().ok()?.trim();
-    (!value.is_empty() && value.len() <= MAX_CONVERSATION_ID_LEN).then(|| value.to_owned())
-}
-
-/// Appends a guarded turn to the conversation store. A store failure never fails the
-/// request: the client already has its answer.
-async fn store_turn(
-    state: &ProxyState,
-    conversation_id: &str,
-    model: &str,
-    policy: &crate::policy::Policy,
-    messages: Vec<crate::dialect::Message>,
-) {
-    let turn = crate::state::Turn::new(
-        model.to_owned(),
-        format!("{}@{}", policy.identity.name, policy.identity.hash),
-        messages,
-    );
-    let append = crate::state::Append {
-        turn,
-        vault: Vec::new(),
-        expected_version: None,
-        ttl: crate::state::DEFAULT_CONVERSATION_TTL,
-    };
-    if let Err(error) = state.store.append(conversation_id, append).await {
-        tracing::debug!(error = %error, "conversation turn not stored");
     }
 }

@@ -1,5 +1,6 @@
 //! Handlers for the OpenAI-compatible API.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -9,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
 use super::openai_stream::{self, StreamContext};
 use super::upstream::UpstreamResponse;
-use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, conversation_id, read_body};
+use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
+use crate::context::context_overflow;
 use crate::dialect::openai::{self as dialect, ParseError};
 use crate::guard::Verdict;
 use crate::policy::spec::BlockResponse;
@@ -38,15 +41,15 @@ pub async fn chat_completions(State(state): State<ProxyState>, request: Request<
 async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Response, ProxyError> {
     let query = request.uri().query().map(str::to_owned);
     let headers = request.headers().clone();
-    let conversation = conversation_id(&headers);
     let body = read_body(request, state.max_request_body_bytes).await?;
     let mut chat = dialect::parse_request(&body).map_err(|e| match e {
         ParseError::Json(message) => ProxyError::InvalidJson(message),
         ParseError::Schema(invalid) => ProxyError::InvalidRequest(invalid),
     })?;
 
-    let guard = state.guard.clone();
-    let policy = guard.policy().clone();
+    let policy = state.guard.policy().clone();
+    let conversation = conversation::open(state, &policy, &headers, &chat.body).await?;
+    let guard = Arc::new(conversation::request_guard(state, &conversation));
     let policy_label = policy.identity.name.as_str();
     let input = dialect::guard_request(&guard, &mut chat);
     state.metrics.record_findings(policy_label, &input.findings);
@@ -61,11 +64,31 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         return blocked(state, &chat.model, chat.stream, block, None);
     }
 
+    // The whole guarded history is what the turn records; the window below may send less.
+    let request_messages = dialect::request_messages(&chat);
+    let summary = conversation
+        .stored
+        .as_ref()
+        .and_then(|c| c.summary.as_ref());
+    let budget = match &policy.context {
+        Some(context) => {
+            let budget = conversation::budget(state, context, &chat.body);
+            conversation::fit_body(&mut chat.body, budget, context.strategy, summary)?;
+            Some(budget)
+        }
+        None => None,
+    };
+    let compaction = conversation::Compaction::for_policy(&policy, summary);
+    let turn = conversation.id.clone().map(|id| TurnContext {
+        id,
+        stored: conversation.stored,
+        budget,
+    });
     let context = StreamContext {
         guard: guard.clone(),
         model: chat.model.clone(),
-        conversation,
-        request_messages: dialect::request_messages(&chat),
+        turn,
+        request_messages,
     };
     let strip_usage = chat.stream && openai_stream::request_usage(&mut chat);
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
@@ -81,22 +104,52 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
             query.as_deref(),
             &headers,
             strip_usage,
+            compaction,
             context,
         )
         .await;
     }
-    let upstream = state
+    let mut upstream = send_chat(state, forwarded.clone(), query.as_deref(), &headers).await?;
+    if let Some(retry) = overflow_retry(&upstream, compaction.as_ref(), &forwarded) {
+        upstream = send_chat(state, retry, query.as_deref(), &headers).await?;
+    }
+    finish_whole(state, upstream, &context).await
+}
+
+async fn send_chat(
+    state: &ProxyState,
+    body: Bytes,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<UpstreamResponse, ProxyError> {
+    state
         .openai
         .send(
             Method::POST,
             "chat/completions",
-            query.as_deref(),
-            &headers,
-            Some(forwarded),
+            query,
+            headers,
+            Some(body),
             &state.metrics,
         )
-        .await?;
-    finish_whole(state, upstream, &context).await
+        .await
+}
+
+/// Returns the compacted body to send once more when the upstream rejected `sent` as
+/// too long for the model's context window. The caller retries at most once.
+pub(super) fn overflow_retry(
+    upstream: &UpstreamResponse,
+    compaction: Option<&conversation::Compaction>,
+    sent: &Bytes,
+) -> Option<Bytes> {
+    let overflow = context_overflow(upstream.status.as_u16(), &upstream.body)?;
+    let retry = compaction?.compact(sent);
+    tracing::info!(
+        overflow = ?overflow,
+        retried = retry.is_some(),
+        "upstream reported a context overflow"
+    );
+    retry
 }
 
 /// Guards a response read whole (a JSON completion, or an event stream from a server
@@ -139,10 +192,18 @@ pub(super) async fn finish_whole(
         return blocked(state, &context.model, streamed, block, Some(completion.0));
     }
     openai_stream::record_usage(state, context, completion.0.get("usage"), &completion.0);
-    if let Some(id) = &context.conversation {
-        let mut messages = context.request_messages.clone();
-        messages.extend(dialect::response_message(&completion.0));
-        super::store_turn(state, id, &context.model, &policy, messages).await;
+    let stored_response = dialect::response_message(&completion.0);
+    dialect::restore_response(guard, &mut completion.0);
+    if let Some(turn) = &context.turn {
+        conversation::record_turn(
+            state,
+            guard,
+            turn,
+            &context.model,
+            &context.request_messages,
+            stored_response,
+        )
+        .await;
     }
 
     let verdict = output.verdict.as_str();

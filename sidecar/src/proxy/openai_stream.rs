@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::conversation::{self, Compaction, TurnContext};
 use super::error::ProxyError;
 use super::{ProxyState, VERDICT_HEADER};
 use crate::context::tokens::TokenCounter;
@@ -30,7 +31,9 @@ const CLIENT_QUEUE_DEPTH: usize = 32;
 pub(super) struct StreamContext {
     pub guard: Arc<Guard>,
     pub model: String,
-    pub conversation: Option<String>,
+    /// Conversation the turn is recorded in; `None` for a request without one.
+    pub turn: Option<TurnContext>,
+    /// The guarded request messages in the common model, before any context fitting.
     pub request_messages: Vec<crate::dialect::Message>,
 }
 
@@ -59,27 +62,51 @@ pub(super) fn request_usage(chat: &mut ChatRequest) -> bool {
 }
 
 /// Sends a streamed request and returns the client's response: a guarded event stream,
-/// or the upstream's answer as it came when it is an error or not a stream.
+/// or the upstream's response as it came when it is an error or not a stream. After a
+/// context overflow error the request is compacted and sent once more.
 pub(super) async fn stream_chat(
     state: &ProxyState,
     body: Bytes,
     query: Option<&str>,
     headers: &HeaderMap,
     strip_usage: bool,
+    compaction: Option<Compaction>,
     context: StreamContext,
 ) -> Result<Response, ProxyError> {
-    let response = state
+    let mut response = state
         .openai
-        .open(Method::POST, "chat/completions", query, headers, body)
+        .open(
+            Method::POST,
+            "chat/completions",
+            query,
+            headers,
+            body.clone(),
+        )
         .await?;
-    let is_event_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !response.status().is_success() || !is_event_stream {
+    let mut retried = false;
+    loop {
+        let is_event_stream = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if response.status().is_success() && is_event_stream {
+            break;
+        }
         let whole = state.openai.read_whole(response).await?;
-        return super::openai::finish_whole(state, whole, &context).await;
+        let retry = if retried {
+            None
+        } else {
+            super::openai::overflow_retry(&whole, compaction.as_ref(), &body)
+        };
+        let Some(retry) = retry else {
+            return super::openai::finish_whole(state, whole, &context).await;
+        };
+        retried = true;
+        response = state
+            .openai
+            .open(Method::POST, "chat/completions", query, headers, retry)
+            .await?;
     }
 
     let provider_headers = response.headers().clone();
@@ -215,10 +242,16 @@ async fn pump(
         // A failed or blocked stream is not stored as a complete turn.
         return;
     }
-    if let Some(id) = &context.conversation {
-        let mut messages = context.request_messages.clone();
-        messages.extend(dialect::response_message(&completion));
-        super::store_turn(&state, id, &context.model, &policy, messages).await;
+    if let Some(turn) = &context.turn {
+        conversation::record_turn(
+            &state,
+            &context.guard,
+            turn,
+            &context.model,
+            &context.request_messages,
+            dialect::response_message(&completion),
+        )
+        .await;
     }
 }
 

@@ -284,6 +284,25 @@ impl PseudonymVault {
         Cow::Owned(out)
     }
 
+    /// Replaces every original value in the vault with its placeholder, longest value
+    /// first, so text restored for the client can be stored the way the model saw it.
+    pub fn conceal<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut values: Vec<(&String, &String)> = self
+            .values
+            .iter()
+            .filter(|(_, value)| !value.is_empty() && text.contains(value.as_str()))
+            .collect();
+        if values.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        values.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(b.0)));
+        let mut out = text.to_owned();
+        for (placeholder, value) in values {
+            out = out.replace(value.as_str(), placeholder);
+        }
+        Cow::Owned(out)
+    }
+
     /// Seals and returns the entries created since `open` (or the previous call), for
     /// `state::Append::vault`.
     pub fn take_new_entries(&mut self) -> Vec<SealedEntry> {
@@ -441,6 +460,18 @@ mod tests {
             "<EMAIL_3>",
             "an unreadable entry's counter stays reserved"
         );
+    }
+
+    #[test]
+    fn conceal_reverses_restore() {
+        let mut vault = PseudonymVault::open(key(), "c", &[]);
+        let email = vault.pseudonym("EMAIL", "jo@example.com");
+        let phone = vault.pseudonym("PHONE", "+1 415 555 2671");
+        let text = format!("mail {email} or call {phone}");
+        let restored = vault.restore(&text).into_owned();
+        assert_eq!(restored, "mail jo@example.com or call +1 415 555 2671");
+        assert_eq!(vault.conceal(&restored), text);
+        assert!(matches!(vault.conceal("nothing here"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::text::{Release, StreamMode, TextStream};
-use crate::dialect::openai::{StreamAssembly, guard_tool_calls};
+use crate::dialect::openai::{StreamAssembly, guard_tool_calls, restore_tool_calls};
 use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
 use crate::sse::{self, Frame};
@@ -435,6 +435,7 @@ impl OpenAiStream {
         if let Some(flow) = self.block_if_needed(index, &verdict, out) {
             return Some(flow);
         }
+        restore_tool_calls(&self.guard, &mut assembled);
         for (position, call) in assembled.iter_mut().enumerate() {
             if let Value::Object(fields) = call {
                 fields.insert("index".to_owned(), json!(position));

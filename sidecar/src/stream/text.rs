@@ -6,6 +6,10 @@
 //! text is kept as left context, so that word boundaries and context words before a
 //! match are seen exactly as in a whole-message check. The released text therefore equals
 //! the whole-message transformation of the same text.
+//!
+//! When the guard carries a pseudonym vault, the tail that could still grow into a
+//! placeholder (`<EMAIL_1>`) is held back too, and released text has its placeholders
+//! replaced with the original values.
 
 use std::sync::Arc;
 
@@ -75,7 +79,9 @@ impl TextStream {
         self.pending.push_str(delta);
         let mut release = self.advance(false);
         if self.mode == StreamMode::Monitor {
-            release.text = delta.to_owned();
+            // NOTE: monitor mode releases every delta at once, so a placeholder split
+            // across two deltas reaches the client unrestored.
+            release.text = self.guard.restore(delta).into_owned();
         }
         release
     }
@@ -106,7 +112,10 @@ impl TextStream {
         let scan = self.guard.scan(self.direction, &buffer);
         let mut cut = buffer.len();
         if !at_end {
-            let hold = self.guard.hold_back_len(self.direction, &buffer);
+            let hold = self
+                .guard
+                .hold_back_len(self.direction, &buffer)
+                .max(self.guard.pending_placeholder_len(&buffer));
             cut = base.max(buffer.len() - hold.min(buffer.len()));
             if buffer.len() - cut > self.max_hold_back_bytes {
                 // NOTE: the policy compiler rejects rules that need more hold-back than
@@ -148,8 +157,12 @@ impl TextStream {
         let context_start = floor_char_boundary(&buffer, cut.saturating_sub(LEFT_CONTEXT_BYTES));
         self.context = buffer[context_start..cut].to_owned();
         self.pending = buffer[cut..].to_owned();
+        let text = match self.guard.restore(&check.text) {
+            std::borrow::Cow::Borrowed(_) => check.text,
+            std::borrow::Cow::Owned(restored) => restored,
+        };
         Release {
-            text: check.text,
+            text,
             verdict,
             findings,
         }
@@ -290,6 +303,33 @@ spec:
         let chars: Vec<String> = text.chars().map(String::from).collect();
         let deltas: Vec<&str> = chars.iter().map(String::as_str).collect();
         assert_eq!(run(&g, &deltas).0, expected, "one character per delta");
+    }
+
+    #[test]
+    fn split_placeholder_is_restored() {
+        use crate::state::vault::{PseudonymVault, VaultKey};
+        let mut vault = PseudonymVault::open(VaultKey::random(), "conversation", &[]);
+        assert_eq!(vault.pseudonym("EMAIL", "ann.lee@example.org"), "<EMAIL_1>");
+        let g = Arc::new(guard().with_vault(vault));
+        let text = "Write to <EMAIL_1> today, not <EMAIL_9> or <b>.";
+        let expected = "Write to ann.lee@example.org today, not <EMAIL_9> or <b>.";
+        let boundaries: Vec<usize> = (0..=text.len())
+            .filter(|i| text.is_char_boundary(*i))
+            .collect();
+        for &cut in &boundaries {
+            let (streamed, _) = run(&g, &[&text[..cut], &text[cut..]]);
+            assert_eq!(streamed, expected, "split at {cut}");
+        }
+        let (_, steps) = run(&g, &["Write to <EMA", "IL_1> today"]);
+        assert_eq!(
+            steps[0], "Write to ",
+            "the placeholder's start is held back"
+        );
+        assert!(
+            steps[1].starts_with("ann.lee@example.org"),
+            "{:?}",
+            steps[1]
+        );
     }
 
     #[test]

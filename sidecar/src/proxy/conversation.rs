@@ -1,0 +1,417 @@
+//! Conversation state and context windows on the request path: finding the conversation,
+//! admission by the store, the pseudonym vault, fitting a request into its budget,
+//! compacting after an upstream overflow, recording the turn and starting summaries.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::http::{HeaderMap, Method};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::error::ProxyError;
+use super::upstream::Upstream;
+use super::{CONVERSATION_ID_HEADER, ProxyState};
+use crate::context::window::{SUMMARY_INTRO, fit};
+use crate::context::{
+    ContextPolicy, Strategy, SummarizeError, Summarizer, SummaryRequest, TokenCounter,
+    reached_trigger,
+};
+use crate::dialect::openai as dialect;
+use crate::dialect::{Message, Part, Role};
+use crate::guard::Guard;
+use crate::policy::Policy;
+use crate::policy::spec::PiiAction;
+use crate::state::vault::PseudonymVault;
+use crate::state::{Admission, Append, Conversation, StoreError, Summary, Turn};
+use crate::telemetry::metrics::Metrics;
+
+/// The conversation a request belongs to, as loaded before it is guarded.
+#[derive(Debug, Default)]
+pub(super) struct RequestConversation {
+    pub id: Option<String>,
+    /// The stored conversation; `None` when it is new, the store is unavailable, or the
+    /// request has no conversation.
+    pub stored: Option<Conversation>,
+}
+
+/// Finds the request's conversation, checks admission with the store and loads the
+/// conversation. An unavailable store means no history; only a full outage buffer under
+/// `onStoreFull: failClosed` rejects the request.
+pub(super) async fn open(
+    state: &ProxyState,
+    policy: &Policy,
+    headers: &HeaderMap,
+    body: &Map<String, Value>,
+) -> Result<RequestConversation, ProxyError> {
+    if let Admission::Reject { reason } = state.store.admission(policy.conversation.on_store_full) {
+        return Err(ProxyError::StoreUnavailable { reason });
+    }
+    let header = headers
+        .get(CONVERSATION_ID_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let id = crate::state::id::conversation_id(header, body, &policy.conversation.id_source);
+    let stored = match &id {
+        Some(id) => match state.store.load(id).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::debug!(conversation.id = %id, error = %error, "conversation not loaded; continuing without history");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(RequestConversation { id, stored })
+}
+
+/// Returns a guard for this request: with a pseudonym vault when the policy
+/// pseudonymizes, holding the conversation's stored mappings. A request without a
+/// conversation gets a vault that lives only for the request.
+pub(super) fn request_guard(state: &ProxyState, conversation: &RequestConversation) -> Guard {
+    let pseudonymizes = state.guard.policy().pii.bindings.values().any(|binding| {
+        binding.input == PiiAction::Pseudonymize || binding.output == PiiAction::Pseudonymize
+    });
+    if !pseudonymizes {
+        return (*state.guard).clone();
+    }
+    let stored = conversation
+        .stored
+        .as_ref()
+        .map_or(&[][..], |c| c.vault.as_slice());
+    let vault = PseudonymVault::open(
+        state.vault_key.clone(),
+        conversation.id.as_deref().unwrap_or_default(),
+        stored,
+    );
+    if vault.unreadable() > 0 {
+        tracing::warn!(
+            entries = vault.unreadable(),
+            "pseudonym vault entries do not open with the configured key; their values cannot be restored"
+        );
+    }
+    state.guard.with_vault(vault)
+}
+
+/// Output tokens the request sets, from `max_completion_tokens` or `max_tokens`.
+fn requested_output_tokens(body: &Map<String, Value>) -> Option<u32> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|key| body.get(*key).and_then(Value::as_u64))
+        .map(|tokens| u32::try_from(tokens).unwrap_or(u32::MAX))
+}
+
+/// Returns the input-token budget of the request under `context`.
+pub(super) fn budget(
+    state: &ProxyState,
+    context: &ContextPolicy,
+    body: &Map<String, Value>,
+) -> u32 {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    context.budget_for(&state.models, model, requested_output_tokens(body))
+}
+
+/// Fits the request's messages into `budget` with `strategy`, rewriting `body.messages`
+/// when messages are dropped or the summary is inserted. Returns the planned token count.
+pub(super) fn fit_body(
+    body: &mut Map<String, Value>,
+    budget: u32,
+    strategy: Strategy,
+    summary: Option<&Summary>,
+) -> Result<u32, ProxyError> {
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let counter = TokenCounter::for_model(&model);
+    let extra = match body.get("tools") {
+        Some(Value::Array(tools)) => counter.openai_tools(tools),
+        _ => 0,
+    };
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Ok(0);
+    };
+    let common: Vec<Message> = messages.iter().map(dialect::to_common).collect();
+    let plan = fit(&common, &counter, budget, extra, strategy, summary).map_err(|over| {
+        ProxyError::ContextOverBudget {
+            tokens: over.tokens,
+            budget: over.budget,
+            over: over.over,
+        }
+    })?;
+    if plan.is_unchanged() {
+        return Ok(plan.tokens);
+    }
+    let fitted = plan.apply(messages, || {
+        let text = summary.map_or_else(String::new, |s| format!("{SUMMARY_INTRO}{}", s.text));
+        json!({"role": "system", "content": text})
+    });
+    tracing::debug!(
+        model = %model,
+        dropped = plan.dropped,
+        summary = plan.summary_at.is_some(),
+        tokens = plan.tokens,
+        budget,
+        "request fitted into its context budget"
+    );
+    body.insert("messages".to_owned(), Value::Array(fitted));
+    Ok(plan.tokens)
+}
+
+/// Settings for compacting a request once after the upstream reported a context
+/// overflow.
+#[derive(Clone, Debug)]
+pub(super) struct Compaction {
+    pub strategy: Strategy,
+    pub summary: Option<Summary>,
+}
+
+/// Share of the sent request's tokens that a compacted retry aims for: the upstream's
+/// window is smaller than the catalog states, by an unknown amount, so the retry halves it.
+const OVERFLOW_RETRY_SHARE: f64 = 0.5;
+
+impl Compaction {
+    /// Returns `policy`'s compaction, or `None` when its strategy is `reject`, which
+    /// passes the upstream's error on. Without a context policy the request is truncated.
+    pub fn for_policy(policy: &Policy, summary: Option<&Summary>) -> Option<Compaction> {
+        let strategy = policy
+            .context
+            .as_ref()
+            .map_or(Strategy::Truncate, |c| c.strategy);
+        (strategy != Strategy::Reject).then(|| Compaction {
+            strategy,
+            summary: summary.cloned(),
+        })
+    }
+
+    /// Returns the compacted body to retry with, or `None` when it cannot get smaller.
+    pub fn compact(&self, sent: &Bytes) -> Option<Bytes> {
+        let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(sent) else {
+            return None;
+        };
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let counter = TokenCounter::for_model(&model);
+        let tokens = counter.openai_request(&body);
+        let target = (f64::from(tokens) * OVERFLOW_RETRY_SHARE) as u32;
+        let before = body.get("messages").and_then(Value::as_array).map(Vec::len);
+        fit_body(&mut body, target, self.strategy, self.summary.as_ref()).ok()?;
+        let after = body.get("messages").and_then(Value::as_array).map(Vec::len);
+        if before == after {
+            return None;
+        }
+        serde_json::to_vec(&body).ok().map(Bytes::from)
+    }
+}
+
+/// Request state needed to record the turn once the response is complete.
+#[derive(Debug, Clone)]
+pub(super) struct TurnContext {
+    pub id: String,
+    pub stored: Option<Conversation>,
+    /// The request's input budget when the policy manages context windows.
+    pub budget: Option<u32>,
+}
+
+/// Appends the turn (the request messages the conversation does not contain yet and the
+/// response), with the vault entries created during the request, then starts a
+/// summarization when the conversation reached its trigger. A conflicting append is
+/// retried once against the reloaded conversation. A store failure never fails the
+/// request: the client already has its answer.
+pub(super) async fn record_turn(
+    state: &ProxyState,
+    guard: &Guard,
+    turn: &TurnContext,
+    model: &str,
+    request_messages: &[Message],
+    response: Option<Message>,
+) {
+    let policy = guard.policy();
+    let counter = TokenCounter::for_model(model);
+    let response = response.map(|message| conceal_message(guard, message));
+    let vault = guard.take_new_vault_entries();
+    let mut stored = turn.stored.clone();
+    for attempt in 0..2 {
+        let new = match &stored {
+            Some(conversation) => conversation.new_messages(request_messages),
+            None => request_messages,
+        };
+        let mut messages = new.to_vec();
+        messages.extend(response.clone());
+        let tokens = counter.messages(&messages);
+        let append = Append {
+            turn: Turn::new(
+                model.to_owned(),
+                format!("{}@{}", policy.identity.name, policy.identity.hash),
+                messages,
+            )
+            .with_tokens(tokens),
+            vault: vault.clone(),
+            // A conversation that was not loaded (new, or the store is unreachable) is
+            // appended unconditionally, so an outage buffer can replay it.
+            expected_version: stored.as_ref().map(|c| c.version),
+            ttl: policy.conversation.ttl,
+        };
+        match state.store.append(&turn.id, append).await {
+            Ok(_) => break,
+            Err(StoreError::Conflict { .. }) if attempt == 0 => {
+                tracing::debug!(conversation.id = %turn.id, "conversation changed meanwhile; reloading to append");
+                match state.store.load(&turn.id).await {
+                    Ok(reloaded) => stored = reloaded,
+                    Err(error) => {
+                        tracing::debug!(conversation.id = %turn.id, error = %error, "conversation turn not stored");
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(conversation.id = %turn.id, error = %error, "conversation turn not stored");
+                return;
+            }
+        }
+    }
+    schedule_summary(state, policy, turn, model).await;
+}
+
+/// Starts a summarization when the policy summarizes and the unsummarized part of the
+/// conversation (plus its summary) reached the trigger share of the budget.
+async fn schedule_summary(state: &ProxyState, policy: &Policy, turn: &TurnContext, model: &str) {
+    let (Some(context), Some(budget)) = (&policy.context, turn.budget) else {
+        return;
+    };
+    if context.strategy != Strategy::Summarize {
+        return;
+    }
+    let Ok(Some(conversation)) = state.store.load(&turn.id).await else {
+        return;
+    };
+    if !reached_trigger(unsummarized_tokens(&conversation), budget, context.trigger) {
+        return;
+    }
+    let settings = context.summary_settings(model, budget, policy.conversation.ttl);
+    let scheduled = state.summaries.schedule(&conversation, settings);
+    tracing::debug!(conversation.id = %turn.id, outcome = ?scheduled, "summarization trigger reached");
+}
+
+/// Tokens of the turns the stored summary does not cover, plus the summary's own.
+fn unsummarized_tokens(conversation: &Conversation) -> u64 {
+    let summary_end = conversation.summary.as_ref().map_or(0, |s| s.end_turn);
+    let turns: u64 = conversation
+        .turns
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| conversation.first_seq + *index as u64 >= summary_end)
+        .map(|(_, turn)| u64::from(turn.tokens))
+        .sum();
+    turns
+        + conversation
+            .summary
+            .as_ref()
+            .map_or(0, |s| u64::from(s.tokens))
+}
+
+/// Puts placeholders back into a response restored for the client, so stored turns
+/// hold only what the model saw.
+fn conceal_message(guard: &Guard, mut message: Message) -> Message {
+    for part in &mut message.parts {
+        match part {
+            Part::Text { text } | Part::ToolResult { text, .. } => {
+                *text = guard.conceal(text).into_owned();
+            }
+            Part::ToolCall { arguments, .. } => {
+                *arguments = guard.conceal(arguments).into_owned();
+            }
+            Part::Other { .. } => {}
+        }
+    }
+    message
+}
+
+/// Writes summaries with the sidecar's own OpenAI upstream and credential.
+#[derive(Debug)]
+pub struct UpstreamSummarizer {
+    pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl Summarizer for UpstreamSummarizer {
+    async fn summarize(&self, request: SummaryRequest) -> Result<String, SummarizeError> {
+        let mut transcript = String::new();
+        if let Some(previous) = &request.previous_summary {
+            transcript.push_str("Summary so far:\n");
+            transcript.push_str(previous);
+            transcript.push_str("\n\nConversation to add:\n");
+        }
+        for message in &request.messages {
+            transcript.push_str(role_name(message.role));
+            transcript.push_str(": ");
+            transcript.push_str(&message_text(message));
+            transcript.push('\n');
+        }
+        let body = json!({
+            "model": request.model,
+            "messages": [
+                {"role": "system", "content": request.prompt},
+                {"role": "user", "content": transcript},
+            ],
+            "max_tokens": request.max_output_tokens,
+        });
+        let bytes = serde_json::to_vec(&body).map_err(|e| SummarizeError(e.to_string()))?;
+        let response = self
+            .upstream
+            .send(
+                Method::POST,
+                "chat/completions",
+                None,
+                &HeaderMap::new(),
+                Some(Bytes::from(bytes)),
+                &self.metrics,
+            )
+            .await
+            .map_err(|e| SummarizeError(e.to_string()))?;
+        if !response.status.is_success() {
+            return Err(SummarizeError(format!(
+                "upstream returned status {}",
+                response.status
+            )));
+        }
+        let value: Value = serde_json::from_slice(&response.body)
+            .map_err(|e| SummarizeError(format!("response is not JSON: {e}")))?;
+        value
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .filter(|text| !text.trim().is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| SummarizeError("response has no summary text".to_owned()))
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+fn message_text(message: &Message) -> String {
+    let mut pieces = Vec::new();
+    for part in &message.parts {
+        match part {
+            Part::Text { text } | Part::ToolResult { text, .. } => pieces.push(text.clone()),
+            Part::ToolCall {
+                name, arguments, ..
+            } => pieces.push(format!("[tool call {name} {arguments}]")),
+            Part::Other { .. } => {}
+        }
+    }
+    pieces.join(" ")
+}
