@@ -74,6 +74,9 @@ pub(super) fn request_guard(state: &ProxyState, conversation: &RequestConversati
     if !pseudonymizes {
         return (*state.guard).clone();
     }
+    // NOTE: when the store could not be loaded, the vault starts empty. A new value may
+    // then get a placeholder that the stored vault maps to another value, and after a
+    // reload that placeholder restores to the entry stored last.
     let stored = conversation
         .stored
         .as_ref()
@@ -414,4 +417,142 @@ fn message_text(message: &Message) -> String {
         }
     }
     pieces.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(turns: usize) -> Map<String, Value> {
+        let mut messages = vec![json!({"role": "system", "content": "You track parcels."})];
+        for n in 0..turns {
+            messages.push(json!({"role": "user", "content": format!("Where is parcel {n}? ").repeat(20), "name": "kept"}));
+            messages.push(json!({"role": "assistant", "content": format!("Parcel {n} left.")}));
+        }
+        messages.push(json!({"role": "user", "content": "And the last one?"}));
+        match json!({"model": "gpt-4o-mini", "messages": messages}) {
+            Value::Object(map) => map,
+            _ => unreachable!("a JSON object literal"),
+        }
+    }
+
+    fn contents(body: &Map<String, Value>) -> Vec<String> {
+        body["messages"]
+            .as_array()
+            .map(|messages| {
+                messages
+                    .iter()
+                    .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn summary(covered_messages: u64) -> Summary {
+        Summary {
+            text: "Parcels 0 and 1 left.".to_owned(),
+            first_turn: 0,
+            end_turn: 1,
+            covered_messages,
+            tokens: 8,
+            model: "gpt-4o-mini".to_owned(),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn fit_body_keeps_request_within_budget() {
+        let mut unchanged = body(1);
+        let original = unchanged.clone();
+        fit_body(&mut unchanged, 10_000, Strategy::Truncate, None).expect("fits");
+        assert_eq!(unchanged, original);
+
+        let mut truncated = body(4);
+        let tokens = fit_body(&mut truncated, 200, Strategy::Truncate, None).expect("fits");
+        assert!(tokens <= 200, "{tokens}");
+        let kept = contents(&truncated);
+        assert_eq!(kept[0], "You track parcels.");
+        assert_eq!(kept.last().map(String::as_str), Some("And the last one?"));
+        assert!(kept.len() < 10, "{kept:?}");
+        let names: Vec<&Value> = truncated["messages"]
+            .as_array()
+            .map(|messages| messages.iter().filter_map(|m| m.get("name")).collect())
+            .unwrap_or_default();
+        assert!(!names.is_empty(), "{kept:?}");
+        assert!(
+            names.iter().all(|name| *name == "kept"),
+            "fields outside the common model survive"
+        );
+    }
+
+    #[test]
+    fn fit_body_inserts_summary() {
+        let mut fitted = body(4);
+        fit_body(&mut fitted, 200, Strategy::Summarize, Some(&summary(4))).expect("fits");
+        let kept = contents(&fitted);
+        assert_eq!(kept[1], format!("{SUMMARY_INTRO}Parcels 0 and 1 left."));
+        assert!(
+            !kept
+                .iter()
+                .any(|text| text.starts_with("Where is parcel 0"))
+        );
+        assert!(
+            !kept
+                .iter()
+                .any(|text| text.starts_with("Where is parcel 1"))
+        );
+    }
+
+    #[test]
+    fn fit_body_reject_reports_overage() {
+        let mut request = body(4);
+        let error = fit_body(&mut request, 50, Strategy::Reject, None).expect_err("over budget");
+        let ProxyError::ContextOverBudget {
+            tokens,
+            budget,
+            over,
+        } = error
+        else {
+            panic!("unexpected error {error:?}");
+        };
+        assert_eq!(budget, 50);
+        assert_eq!(over, tokens - 50);
+    }
+
+    #[test]
+    fn compaction_halves_and_keeps_newest() {
+        let compaction = Compaction {
+            strategy: Strategy::Truncate,
+            summary: None,
+        };
+        let sent = Bytes::from(serde_json::to_vec(&Value::Object(body(4))).expect("encode"));
+        let retry = compaction.compact(&sent).expect("a smaller request");
+        let Ok(Value::Object(retry)) = serde_json::from_slice::<Value>(&retry) else {
+            panic!("retry body is not a JSON object");
+        };
+        let counter = TokenCounter::for_model("gpt-4o-mini");
+        let before = serde_json::from_slice::<Value>(&sent).expect("JSON");
+        let before = counter.openai_request(before.as_object().expect("object"));
+        assert!(counter.openai_request(&retry) <= before / 2 + 1);
+        assert_eq!(
+            contents(&retry).last().map(String::as_str),
+            Some("And the last one?")
+        );
+
+        let short = Bytes::from(serde_json::to_vec(&Value::Object(body(0))).expect("encode"));
+        assert_eq!(compaction.compact(&short), None, "nothing left to drop");
+    }
+
+    #[test]
+    fn unsummarized_tokens_skip_covered_turns() {
+        let turn = |tokens| Turn::new("m", "p", Vec::new()).with_tokens(tokens);
+        let mut conversation = Conversation {
+            turns: vec![turn(100), turn(50), turn(20)],
+            ..Conversation::default()
+        };
+        assert_eq!(unsummarized_tokens(&conversation), 170);
+        conversation.summary = Some(summary(2));
+        // Turn 0 is covered; turns 1 and 2 plus the summary's 8 tokens remain.
+        assert_eq!(unsummarized_tokens(&conversation), 78);
+    }
 }
