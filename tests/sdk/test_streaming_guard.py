@@ -642,7 +642,7 @@ def test_midstream_block_sends_refusal(client: openai.OpenAI, upstream: StubUpst
 
     chunks = stream_chunks(client, "How do I get started?")
 
-    assert content_of(chunks) == RELEASED_TEXT + REFUSAL_TEXT, f"streamed text is {content_of(chunks)!r}"
+    assert content_of(chunks) == RELEASED_TEXT + "\n\n" + REFUSAL_TEXT, f"streamed text is {content_of(chunks)!r}"
     assert finish_reasons(chunks) == ["content_filter"], f"finish reasons are {finish_reasons(chunks)}"
     for received in chunks:
         assert "bomb" not in received.model_dump_json(), "the denied phrase reached the client"
@@ -658,7 +658,7 @@ def test_midstream_refusal_ends_with_done(sidecar: SidecarProcess, upstream: Stu
     assert data, f"the stream has no events: {response.body!r}"
     assert data[-1] == "[DONE]", f"last event is {data[-1]!r}"
     assert data.count("[DONE]") == 1, f"[DONE] appears {data.count('[DONE]')} times"
-    assert raw_content(data) == RELEASED_TEXT + REFUSAL_TEXT, f"streamed text is {raw_content(data)!r}"
+    assert raw_content(data) == RELEASED_TEXT + "\n\n" + REFUSAL_TEXT, f"streamed text is {raw_content(data)!r}"
     for event in data[:-1]:
         assert "error" not in json.loads(event), f"refusal stream has an error event: {event}"
 

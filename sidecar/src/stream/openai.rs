@@ -473,7 +473,18 @@ impl OpenAiStream {
             return Some(Flow::Failed);
         }
         let mut delta = Map::new();
-        delta.insert("content".to_owned(), Value::String(policy.refusal.clone()));
+        // The refusal follows the text already released; a blank line keeps it from
+        // running on from the middle of a sentence.
+        let released_text = self
+            .choices
+            .get(&index)
+            .is_some_and(|c| c.content.released_len() > 0);
+        let refusal = if released_text {
+            format!("\n\n{}", policy.refusal)
+        } else {
+            policy.refusal.clone()
+        };
+        delta.insert("content".to_owned(), Value::String(refusal));
         self.emit_delta(out, index, delta, None);
         self.emit_delta(out, index, Map::new(), Some(json!("content_filter")));
         sse::encode_data("[DONE]", out);

@@ -95,6 +95,11 @@ impl TextStream {
         release
     }
 
+    /// Bytes of raw text released so far.
+    pub fn released_len(&self) -> usize {
+        self.pending_offset
+    }
+
     /// Bytes received but not released.
     pub fn held_len(&self) -> usize {
         self.pending.len()
