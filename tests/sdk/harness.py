@@ -487,6 +487,24 @@ class RedisServer:
         self.stop()
         raise RuntimeError(f"redis-server on 127.0.0.1:{self.port} did not answer PING in time")
 
+    def stored_text(self) -> str:
+        """Return every key and value in the server (strings, lists and hashes) as one text, via redis-cli."""
+
+        def cli(*args: str) -> str:
+            return subprocess.run(
+                ["redis-cli", "-p", str(self.port), "--raw", *args],
+                check=True, capture_output=True, timeout=STOP_TIMEOUT_SECONDS,
+            ).stdout.decode("utf-8", errors="replace")  # sealed vault values are binary
+
+        pieces = []
+        for key in cli("KEYS", "*").split():
+            kind = cli("TYPE", key).strip()
+            readers = {"string": ("GET", key), "list": ("LRANGE", key, "0", "-1"), "hash": ("HGETALL", key)}
+            pieces.append(key)
+            if kind in readers:
+                pieces.append(cli(*readers[kind]))
+        return "\n".join(pieces)
+
     def stop(self) -> None:
         """Send SIGTERM to the server's PID, then SIGKILL if it has not exited in time."""
         if self._process is None or self._process.poll() is not None:

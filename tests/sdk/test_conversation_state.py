@@ -24,6 +24,7 @@ from harness import (
     StubUpstream,
     forwarded_messages,
     load_recording,
+    send_raw,
     single_chat_request,
 )
 from test_streaming_guard import call_fragment, call_head, chunk, text_events, tool_chunk
@@ -104,6 +105,16 @@ def reply(text: str, tool_calls: list[dict[str, Any]] | None = None) -> JsonRepl
 
 def upstream_text(request: Any) -> str:
     return json.dumps(request.body)
+
+
+def metric_value(process: SidecarProcess, sample: str) -> float:
+    """Return the value of one sample line of GET /metrics, such as `name{label="x"}`, or 0."""
+    text = send_raw(process.admin_port, "GET", "/metrics").body.decode()
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -200,11 +211,15 @@ def test_pseudonyms_survive_restart(
         )
         header = conversation_header()
         try:
-            stub_server.enqueue(reply("Noted <EMAIL_1>."))
+            stub_server.enqueue(SseReply(text_events("Noted <EMA", "IL_1>.")))
             with sdk_client(process) as client:
-                client.chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": f"I am {EMAIL}."}], extra_headers=header
+                stream = client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": f"I am {EMAIL}."}],
+                    stream=True,
+                    extra_headers=header,
                 )
+                first_text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             process.restart()
             # Only the new message is sent: the vault loaded from Redis must supply <EMAIL_1>.
             stub_server.enqueue(reply("Writing to <EMAIL_1> and <EMAIL_2>."))
@@ -216,6 +231,7 @@ def test_pseudonyms_survive_restart(
                 )
         finally:
             process.stop()
+        stored = redis.stored_text()
     finally:
         redis.stop()
 
@@ -223,7 +239,11 @@ def test_pseudonyms_survive_restart(
     stub_server.reset()
     assert len(requests) == 2
     assert forwarded_messages(requests[1])[-1]["content"] == "Also copy <EMAIL_2>."
+    assert first_text == f"Noted {EMAIL}."
     assert completion.choices[0].message.content == f"Writing to {EMAIL} and {SECOND_EMAIL}."
+    assert "Noted <EMAIL_1>." in stored, "the streamed reply is stored with its placeholder"
+    assert EMAIL not in stored
+    assert SECOND_EMAIL not in stored
 
 
 # ---------------------------------------------------------------------------
@@ -239,6 +259,7 @@ def test_over_budget_request_rejected(reject_sidecar: SidecarProcess, upstream: 
     assert raised.value.code == "context_length_exceeded"
     assert "over this sidecar's context budget of 50 tokens" in raised.value.message
     assert upstream.chat_requests() == []
+    assert metric_value(reject_sidecar, 'agent_sidecar_context_window_actions_total{action="rejected"}') >= 1
 
 
 def summarizer_requests(upstream: StubUpstream) -> list[Any]:
@@ -300,6 +321,8 @@ def test_conversation_summarized_past_trigger(summarize_sidecar: SidecarProcess,
     assert contents[-1] == turns[2]
     # About four characters per token: the request sent stays inside the 300-token budget.
     assert len(json.dumps(last)) < 300 * 4
+    assert metric_value(summarize_sidecar, 'agent_sidecar_context_window_actions_total{action="summarized"}') == 1
+    assert metric_value(summarize_sidecar, 'agent_sidecar_summarization_attempts_total{outcome="success"}') >= 1
 
 
 def overflow_error() -> JsonReply:
@@ -329,6 +352,7 @@ def test_overflow_retried_once_compacted(pseudonym_sidecar: SidecarProcess, upst
     assert len(forwarded_messages(second)) < len(forwarded_messages(first))
     assert forwarded_messages(second)[0]["content"] == "You track parcels."
     assert forwarded_messages(second)[-1]["content"] == "And parcel 5?"
+    assert metric_value(pseudonym_sidecar, 'agent_sidecar_context_window_actions_total{action="overflow_retried"}') >= 1
 
 
 def test_overflow_not_retried_twice(pseudonym_sidecar: SidecarProcess, upstream: StubUpstream) -> None:

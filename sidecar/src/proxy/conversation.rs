@@ -23,7 +23,7 @@ use crate::guard::Guard;
 use crate::policy::Policy;
 use crate::policy::spec::PiiAction;
 use crate::state::vault::PseudonymVault;
-use crate::state::{Admission, Append, Conversation, StoreError, Summary, Turn};
+use crate::state::{Admission, Append, Conversation, ConversationStore, StoreError, Summary, Turn};
 use crate::telemetry::metrics::Metrics;
 
 /// The conversation a request belongs to, as loaded before it is guarded.
@@ -116,14 +116,23 @@ pub(super) fn budget(
     context.budget_for(&state.models, model, requested_output_tokens(body))
 }
 
+/// Result of fitting a request body into its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Fitted {
+    /// Token count of the request as it will be sent.
+    pub tokens: u32,
+    /// Metric label of the change: `truncated` or `summarized`; `None` when unchanged.
+    pub action: Option<&'static str>,
+}
+
 /// Fits the request's messages into `budget` with `strategy`, rewriting `body.messages`
-/// when messages are dropped or the summary is inserted. Returns the planned token count.
+/// when messages are dropped or the summary is inserted.
 pub(super) fn fit_body(
     body: &mut Map<String, Value>,
     budget: u32,
     strategy: Strategy,
     summary: Option<&Summary>,
-) -> Result<u32, ProxyError> {
+) -> Result<Fitted, ProxyError> {
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -135,7 +144,10 @@ pub(super) fn fit_body(
         _ => 0,
     };
     let Some(Value::Array(messages)) = body.get("messages") else {
-        return Ok(0);
+        return Ok(Fitted {
+            tokens: extra,
+            action: None,
+        });
     };
     let common: Vec<Message> = messages.iter().map(dialect::to_common).collect();
     let plan = fit(&common, &counter, budget, extra, strategy, summary).map_err(|over| {
@@ -146,7 +158,10 @@ pub(super) fn fit_body(
         }
     })?;
     if plan.is_unchanged() {
-        return Ok(plan.tokens);
+        return Ok(Fitted {
+            tokens: plan.tokens,
+            action: None,
+        });
     }
     let fitted = plan.apply(messages, || {
         let text = summary.map_or_else(String::new, |s| format!("{SUMMARY_INTRO}{}", s.text));
@@ -161,7 +176,14 @@ pub(super) fn fit_body(
         "request fitted into its context budget"
     );
     body.insert("messages".to_owned(), Value::Array(fitted));
-    Ok(plan.tokens)
+    let action = match plan.summary_at {
+        Some(_) => "summarized",
+        None => "truncated",
+    };
+    Ok(Fitted {
+        tokens: plan.tokens,
+        action: Some(action),
+    })
 }
 
 /// Settings for compacting a request once after the upstream reported a context
@@ -235,6 +257,29 @@ pub(super) async fn record_turn(
     request_messages: &[Message],
     response: Option<Message>,
 ) {
+    let stored = append_turn(
+        state.store.as_ref(),
+        guard,
+        turn,
+        model,
+        request_messages,
+        response,
+    )
+    .await;
+    if stored {
+        schedule_summary(state, guard.policy(), turn, model).await;
+    }
+}
+
+/// Appends the turn as `record_turn` describes; returns whether it was stored.
+async fn append_turn(
+    store: &dyn ConversationStore,
+    guard: &Guard,
+    turn: &TurnContext,
+    model: &str,
+    request_messages: &[Message],
+    response: Option<Message>,
+) -> bool {
     let policy = guard.policy();
     let counter = TokenCounter::for_model(model);
     let response = response.map(|message| conceal_message(guard, message));
@@ -261,25 +306,25 @@ pub(super) async fn record_turn(
             expected_version: stored.as_ref().map(|c| c.version),
             ttl: policy.conversation.ttl,
         };
-        match state.store.append(&turn.id, append).await {
-            Ok(_) => break,
+        match store.append(&turn.id, append).await {
+            Ok(_) => return true,
             Err(StoreError::Conflict { .. }) if attempt == 0 => {
                 tracing::debug!(conversation.id = %turn.id, "conversation changed meanwhile; reloading to append");
-                match state.store.load(&turn.id).await {
+                match store.load(&turn.id).await {
                     Ok(reloaded) => stored = reloaded,
                     Err(error) => {
                         tracing::debug!(conversation.id = %turn.id, error = %error, "conversation turn not stored");
-                        return;
+                        return false;
                     }
                 }
             }
             Err(error) => {
                 tracing::debug!(conversation.id = %turn.id, error = %error, "conversation turn not stored");
-                return;
+                return false;
             }
         }
     }
-    schedule_summary(state, policy, turn, model).await;
+    false
 }
 
 /// Starts a summarization when the policy summarizes and the unsummarized part of the
@@ -337,6 +382,9 @@ fn conceal_message(guard: &Guard, mut message: Message) -> Message {
 }
 
 /// Writes summaries with the sidecar's own OpenAI upstream and credential.
+///
+/// NOTE: without `OPENAI_API_KEY` or `openai.apiKeyFile` the summarizer's request carries
+/// no `Authorization` header, because no client request is there to forward one from.
 #[derive(Debug)]
 pub struct UpstreamSummarizer {
     pub upstream: Upstream,
@@ -378,22 +426,30 @@ impl Summarizer for UpstreamSummarizer {
                 &self.metrics,
             )
             .await
-            .map_err(|e| SummarizeError(e.to_string()))?;
-        if !response.status.is_success() {
-            return Err(SummarizeError(format!(
-                "upstream returned status {}",
-                response.status
-            )));
-        }
-        let value: Value = serde_json::from_slice(&response.body)
-            .map_err(|e| SummarizeError(format!("response is not JSON: {e}")))?;
-        value
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-            .filter(|text| !text.trim().is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| SummarizeError("response has no summary text".to_owned()))
+            .map_err(|e| SummarizeError(e.to_string()));
+        let result = response.and_then(|response| summary_text(&response));
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.record_summarization(outcome);
+        result
     }
+}
+
+/// Returns the summary text of a Chat Completions response.
+fn summary_text(response: &super::upstream::UpstreamResponse) -> Result<String, SummarizeError> {
+    if !response.status.is_success() {
+        return Err(SummarizeError(format!(
+            "upstream returned status {}",
+            response.status
+        )));
+    }
+    let value: Value = serde_json::from_slice(&response.body)
+        .map_err(|e| SummarizeError(format!("response is not JSON: {e}")))?;
+    value
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .filter(|text| !text.trim().is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| SummarizeError("response has no summary text".to_owned()))
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -464,12 +520,14 @@ mod tests {
     fn fit_body_keeps_request_within_budget() {
         let mut unchanged = body(1);
         let original = unchanged.clone();
-        fit_body(&mut unchanged, 10_000, Strategy::Truncate, None).expect("fits");
+        let fitted = fit_body(&mut unchanged, 10_000, Strategy::Truncate, None).expect("fits");
+        assert_eq!(fitted.action, None);
         assert_eq!(unchanged, original);
 
         let mut truncated = body(4);
-        let tokens = fit_body(&mut truncated, 200, Strategy::Truncate, None).expect("fits");
-        assert!(tokens <= 200, "{tokens}");
+        let fitted = fit_body(&mut truncated, 200, Strategy::Truncate, None).expect("fits");
+        assert!(fitted.tokens <= 200, "{fitted:?}");
+        assert_eq!(fitted.action, Some("truncated"));
         let kept = contents(&truncated);
         assert_eq!(kept[0], "You track parcels.");
         assert_eq!(kept.last().map(String::as_str), Some("And the last one?"));
@@ -488,7 +546,9 @@ mod tests {
     #[test]
     fn fit_body_inserts_summary() {
         let mut fitted = body(4);
-        fit_body(&mut fitted, 200, Strategy::Summarize, Some(&summary(4))).expect("fits");
+        let outcome =
+            fit_body(&mut fitted, 200, Strategy::Summarize, Some(&summary(4))).expect("fits");
+        assert_eq!(outcome.action, Some("summarized"));
         let kept = contents(&fitted);
         assert_eq!(kept[1], format!("{SUMMARY_INTRO}Parcels 0 and 1 left."));
         assert!(
@@ -541,6 +601,62 @@ mod tests {
 
         let short = Bytes::from(serde_json::to_vec(&Value::Object(body(0))).expect("encode"));
         assert_eq!(compaction.compact(&short), None, "nothing left to drop");
+    }
+
+    fn guard() -> Guard {
+        let policy = Policy::load_or_default(None).expect("default policy");
+        Guard::new(
+            Arc::new(policy),
+            Arc::new(crate::guard::pii::HashKey::new(b"k")),
+        )
+    }
+
+    fn user(text: &str) -> Message {
+        Message {
+            role: Role::User,
+            parts: vec![Part::Text {
+                text: text.to_owned(),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn conflicting_append_retried_on_reload() {
+        let store = crate::state::memory::MemoryStore::with_defaults();
+        let guard = guard();
+        let context = |stored| TurnContext {
+            id: "conv".to_owned(),
+            stored,
+            budget: None,
+        };
+        let first = [user("one")];
+        assert!(append_turn(&store, &guard, &context(None), "gpt-4o-mini", &first, None).await);
+        let stale = store.load("conv").await.expect("load").expect("stored");
+
+        // Another sidecar appends turn two while this request still has version 1.
+        let second = [user("one"), user("two")];
+        let current = context(Some(stale.clone()));
+        assert!(append_turn(&store, &guard, &current, "gpt-4o-mini", &second, None).await);
+        let third = [user("one"), user("two"), user("three")];
+        assert!(
+            append_turn(
+                &store,
+                &guard,
+                &context(Some(stale)),
+                "gpt-4o-mini",
+                &third,
+                None
+            )
+            .await
+        );
+
+        let stored = store.load("conv").await.expect("load").expect("stored");
+        assert_eq!(stored.version, 3);
+        assert_eq!(
+            stored.messages(),
+            vec![user("one"), user("two"), user("three")],
+            "the retry appends only what the reloaded conversation lacks"
+        );
     }
 
     #[test]

@@ -73,7 +73,17 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     let budget = match &policy.context {
         Some(context) => {
             let budget = conversation::budget(state, context, &chat.body);
-            conversation::fit_body(&mut chat.body, budget, context.strategy, summary)?;
+            match conversation::fit_body(&mut chat.body, budget, context.strategy, summary) {
+                Ok(fitted) => {
+                    if let Some(action) = fitted.action {
+                        state.metrics.record_context_action(action);
+                    }
+                }
+                Err(error) => {
+                    state.metrics.record_context_action("rejected");
+                    return Err(error);
+                }
+            }
             Some(budget)
         }
         None => None,
@@ -110,7 +120,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         .await;
     }
     let mut upstream = send_chat(state, forwarded.clone(), query.as_deref(), &headers).await?;
-    if let Some(retry) = overflow_retry(&upstream, compaction.as_ref(), &forwarded) {
+    if let Some(retry) = overflow_retry(state, &upstream, compaction.as_ref(), &forwarded) {
         upstream = send_chat(state, retry, query.as_deref(), &headers).await?;
     }
     finish_whole(state, upstream, &context).await
@@ -138,12 +148,16 @@ async fn send_chat(
 /// Returns the compacted body to send once more when the upstream rejected `sent` as
 /// too long for the model's context window. The caller retries at most once.
 pub(super) fn overflow_retry(
+    state: &ProxyState,
     upstream: &UpstreamResponse,
     compaction: Option<&conversation::Compaction>,
     sent: &Bytes,
 ) -> Option<Bytes> {
     let overflow = context_overflow(upstream.status.as_u16(), &upstream.body)?;
     let retry = compaction?.compact(sent);
+    if retry.is_some() {
+        state.metrics.record_context_action("overflow_retried");
+    }
     tracing::info!(
         overflow = ?overflow,
         retried = retry.is_some(),

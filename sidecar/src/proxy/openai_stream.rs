@@ -97,7 +97,7 @@ pub(super) async fn stream_chat(
         let retry = if retried {
             None
         } else {
-            super::openai::overflow_retry(&whole, compaction.as_ref(), &body)
+            super::openai::overflow_retry(state, &whole, compaction.as_ref(), &body)
         };
         let Some(retry) = retry else {
             return super::openai::finish_whole(state, whole, &context).await;

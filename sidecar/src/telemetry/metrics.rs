@@ -52,6 +52,16 @@ pub struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub provider: String,
     pub outcome: String,
@@ -68,6 +78,8 @@ pub struct Metrics {
     upstream_duration: Family<ProviderLabels, Histogram>,
     tokens: Family<TokenLabels, Counter>,
     hold_back_overflows: Family<PolicyLabels, Counter>,
+    context_actions: Family<ActionLabels, Counter>,
+    summarizations: Family<OutcomeLabels, Counter>,
     policy_rules: Gauge,
 }
 
@@ -128,6 +140,18 @@ impl Metrics {
             "Times a stream released text unguarded because it exceeded stream.maxHoldBackBytes",
             hold_back_overflows.clone(),
         );
+        let context_actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "context_window_actions",
+            "Requests changed to fit the context budget, by action (truncated, summarized, rejected, overflow_retried)",
+            context_actions.clone(),
+        );
+        let summarizations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "summarization_attempts",
+            "Conversation summarization attempts through the upstream, by outcome (success, failure)",
+            summarizations.clone(),
+        );
 
         let policy_rules = Gauge::default();
         registry.register(
@@ -144,6 +168,8 @@ impl Metrics {
             upstream_duration,
             tokens,
             hold_back_overflows,
+            context_actions,
+            summarizations,
             policy_rules,
         })
     }
@@ -214,6 +240,24 @@ impl Metrics {
                 policy: policy.to_owned(),
             })
             .inc_by(count);
+    }
+
+    /// Counts a request changed or rejected to fit its context budget.
+    pub fn record_context_action(&self, action: &str) {
+        self.context_actions
+            .get_or_create(&ActionLabels {
+                action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one summarization attempt.
+    pub fn record_summarization(&self, outcome: &str) {
+        self.summarizations
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     pub fn set_policy_rules(&self, count: usize) {
