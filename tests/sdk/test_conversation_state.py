@@ -146,6 +146,17 @@ def test_pseudonyms_restored_in_reply(pseudonym_sidecar: SidecarProcess, upstrea
     assert json.loads(message.tool_calls[0].function.arguments) == {"to": EMAIL, "phone": PHONE}
 
 
+def test_pseudonyms_without_conversation(pseudonym_sidecar: SidecarProcess, upstream: StubUpstream) -> None:
+    upstream.enqueue(reply("Noted <EMAIL_1>."))
+    with sdk_client(pseudonym_sidecar) as client:
+        completion = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"I am {EMAIL}."}]
+        )
+
+    assert forwarded_messages(single_chat_request(upstream))[0]["content"] == "I am <EMAIL_1>."
+    assert completion.choices[0].message.content == f"Noted {EMAIL}."
+
+
 def test_pseudonym_stable_across_turns(pseudonym_sidecar: SidecarProcess, upstream: StubUpstream) -> None:
     header = conversation_header()
     history: list[dict[str, Any]] = [{"role": "user", "content": f"I am {EMAIL}."}]
