@@ -133,6 +133,23 @@ async fn serving_continues_through_a_redis_outage() {
         .await
         .expect("admin answers");
     assert_eq!(livez.status(), 200, "liveness does not depend on Redis");
+    let readyz = client
+        .get(format!("{}/readyz", sidecar.admin))
+        .send()
+        .await
+        .expect("admin answers");
+    assert_eq!(
+        readyz.status(),
+        200,
+        "a degraded store still serves, so the pod stays ready"
+    );
+    let detail: serde_json::Value =
+        serde_json::from_str(&readyz.text().await.expect("readyz body")).expect("readyz JSON");
+    assert_eq!(detail["checks"]["store"]["status"], "degraded", "{detail}");
+    assert!(
+        detail["checks"]["store"]["bufferedTurns"].as_u64() >= Some(1),
+        "turns queue while Redis is down: {detail}"
+    );
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -119,8 +119,34 @@ async fn full_buffer_rejects_when_fail_closed() {
     .await;
     let proxy = format!("http://{proxy}");
 
+    let readyz = format!("http://{admin}/readyz");
+    let before = client.get(&readyz).send().await.expect("readyz answers");
+    // The store learns that Redis is down on its first write, so it reports ok until then.
+    assert_eq!(
+        before.status(),
+        200,
+        "a store that accepts requests keeps the pod ready"
+    );
+
     let first = chat(&client, &proxy).await;
     assert_eq!(first.status(), 200, "the first turn fits the buffer");
+
+    let full = client.get(&readyz).send().await.expect("readyz answers");
+    assert_eq!(
+        full.status(),
+        503,
+        "a store rejecting requests takes the pod out"
+    );
+    let detail: serde_json::Value =
+        serde_json::from_str(&full.text().await.expect("readyz body")).expect("readyz JSON");
+    assert_eq!(detail["checks"]["store"]["status"], "rejecting", "{detail}");
+    assert_eq!(detail["checks"]["store"]["bufferFull"], true, "{detail}");
+    let live = client
+        .get(format!("http://{admin}/livez"))
+        .send()
+        .await
+        .expect("livez answers");
+    assert_eq!(live.status(), 200, "liveness never depends on the store");
 
     let second = chat(&client, &proxy).await;
     assert_eq!(second.status(), 503);

@@ -2,7 +2,7 @@
 //!
 //! `/livez` answers whenever the process and its runtime do; it depends on nothing else,
 //! so a provider or store outage never restarts the pod. `/readyz` reports the loaded
-//! policy and the store. `/startupz` answers once the policy is compiled and the
+//! policy and the store (degraded while Redis is unreachable). `/startupz` answers once the policy is compiled and the
 //! listeners are bound, which is true before this server starts.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::guard::Guard;
-use crate::state::ConversationStore;
+use crate::state::{Admission, ConversationStore, StoreStatus};
 use crate::telemetry::metrics::Metrics;
 
 /// What the admin handlers read.
@@ -53,8 +53,22 @@ async fn startupz(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let ready = state.ready.load(Ordering::Acquire) && state.started.load(Ordering::Acquire);
     let policy = state.guard.policy();
+    let store = state.store.health();
+    // A degraded store keeps the pod ready while requests still flow (turns queue in the
+    // outage buffer). Only a store that is rejecting new requests, because its buffer is
+    // full under `onStoreFull: failClosed`, takes the pod out of its endpoints.
+    let store_accepting = matches!(
+        state.store.admission(policy.conversation.on_store_full),
+        Admission::Accept
+    );
+    let draining = !state.ready.load(Ordering::Acquire);
+    let ready = !draining && state.started.load(Ordering::Acquire) && store_accepting;
+    let store_status = match (store.status, store_accepting) {
+        (_, false) => "rejecting",
+        (StoreStatus::Ok, true) => "ok",
+        (StoreStatus::Degraded, true) => "degraded",
+    };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
@@ -66,8 +80,15 @@ async fn readyz(State(state): State<AdminState>) -> Response {
                 "source": policy.identity.source,
                 "rules": policy.rule_count,
             },
-            "store": {"status": "ok", "kind": state.store.kind()},
-            "shutdown": {"status": if state.ready.load(Ordering::Acquire) { "ok" } else { "draining" }},
+            "store": {
+                "status": store_status,
+                "kind": store.kind,
+                "bufferedTurns": store.buffered_turns,
+                "bufferFull": store.buffer_full,
+                "droppedTurns": store.dropped_turns,
+                "lastError": store.last_error,
+            },
+            "shutdown": {"status": if draining { "draining" } else { "ok" }},
         },
     });
     let status = if ready {
