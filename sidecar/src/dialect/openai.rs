@@ -762,11 +762,45 @@ struct AssembledChoice {
 }
 
 #[derive(Debug, Default)]
-struct AssembledCall {
+pub struct AssembledCall {
     id: Option<String>,
     kind: Option<String>,
     name: String,
     arguments: String,
+}
+
+impl AssembledCall {
+    /// Adds one `tool_calls[]` delta entry (the caller groups entries by `index`).
+    pub fn absorb(&mut self, call: &Value) {
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            self.id = Some(id.to_owned());
+        }
+        if let Some(kind) = call.get("type").and_then(Value::as_str) {
+            self.kind = Some(kind.to_owned());
+        }
+        let Some(function) = call.get("function") else {
+            return;
+        };
+        // Some servers (llama.cpp among them) repeat the whole name in every delta;
+        // others send it once or in pieces. A repeat is not appended.
+        if let Some(name) = function.get("name").and_then(Value::as_str) {
+            if self.name != name {
+                self.name.push_str(name);
+            }
+        }
+        if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+            self.arguments.push_str(arguments);
+        }
+    }
+
+    /// The whole call in the shape of a non-streamed `tool_calls[]` entry.
+    pub fn to_value(&self) -> Value {
+        json!({
+            "id": self.id,
+            "type": self.kind.as_deref().unwrap_or("function"),
+            "function": {"name": self.name, "arguments": self.arguments},
+        })
+    }
 }
 
 impl StreamAssembly {
@@ -812,25 +846,7 @@ impl StreamAssembly {
             if let Some(Value::Array(calls)) = delta.get("tool_calls") {
                 for call in calls {
                     let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let assembled = entry.tool_calls.entry(call_index).or_default();
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        assembled.id = Some(id.to_owned());
-                    }
-                    if let Some(kind) = call.get("type").and_then(Value::as_str) {
-                        assembled.kind = Some(kind.to_owned());
-                    }
-                    if let Some(function) = call.get("function") {
-                        // Some servers repeat the whole name in every delta; others send
-                        // it once. Append only new text.
-                        if let Some(name) = function.get("name").and_then(Value::as_str) {
-                            if assembled.name != name {
-                                assembled.name.push_str(name);
-                            }
-                        }
-                        if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
-                            assembled.arguments.push_str(arguments);
-                        }
-                    }
+                    entry.tool_calls.entry(call_index).or_default().absorb(call);
                 }
             }
         }
@@ -857,13 +873,7 @@ impl StreamAssembly {
                     let calls: Vec<Value> = choice
                         .tool_calls
                         .values()
-                        .map(|call| {
-                            json!({
-                                "id": call.id,
-                                "type": call.kind.as_deref().unwrap_or("function"),
-                                "function": {"name": call.name, "arguments": call.arguments},
-                            })
-                        })
+                        .map(AssembledCall::to_value)
                         .collect();
                     message.insert("tool_calls".to_owned(), Value::Array(calls));
                 }

@@ -119,20 +119,7 @@ impl Upstream {
         client_headers: &HeaderMap,
         body: Option<Bytes>,
     ) -> Result<UpstreamResponse, ProxyError> {
-        let mut headers = forwardable_headers(client_headers);
-        if let Some((key, _)) = &self.provider.api_key {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-                    ProxyError::UpstreamUnavailable {
-                        provider: self.name,
-                        reason:
-                            "the configured API key contains characters not allowed in a header"
-                                .to_owned(),
-                    }
-                })?;
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
-        }
+        let headers = self.upstream_headers(client_headers)?;
         let mut request = self
             .client
             .request(method, self.url(path, query))

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::text::{Release, StreamMode, TextStream};
-use crate::dialect::openai::{StreamAssembly, guard_tool_calls, restore_tool_calls};
+use crate::dialect::openai::{AssembledCall, StreamAssembly, guard_tool_calls, restore_tool_calls};
 use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
 use crate::sse::{self, Frame};
@@ -35,19 +35,11 @@ pub enum StreamError {
     Upstream(String),
 }
 
-#[derive(Debug, Default)]
-struct PendingCall {
-    id: Option<String>,
-    kind: Option<String>,
-    name: String,
-    arguments: String,
-}
-
 #[derive(Debug)]
 struct ChoiceState {
     content: TextStream,
     refusal: TextStream,
-    calls: BTreeMap<u64, PendingCall>,
+    calls: BTreeMap<u64, AssembledCall>,
     finished: bool,
 }
 
@@ -389,25 +381,7 @@ impl OpenAiStream {
         };
         for call in calls {
             let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let pending = state.calls.entry(call_index).or_default();
-            if let Some(id) = call.get("id").and_then(Value::as_str) {
-                pending.id = Some(id.to_owned());
-            }
-            if let Some(kind) = call.get("type").and_then(Value::as_str) {
-                pending.kind = Some(kind.to_owned());
-            }
-            if let Some(function) = call.get("function") {
-                // Some servers (llama.cpp among them) repeat the whole name in every
-                // delta; others send it once or in pieces. A repeat is not appended.
-                if let Some(name) = function.get("name").and_then(Value::as_str) {
-                    if pending.name != name {
-                        pending.name.push_str(name);
-                    }
-                }
-                if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
-                    pending.arguments.push_str(arguments);
-                }
-            }
+            state.calls.entry(call_index).or_default().absorb(call);
         }
     }
 
@@ -416,16 +390,7 @@ impl OpenAiStream {
         if calls.is_empty() {
             return None;
         }
-        let mut assembled: Vec<Value> = calls
-            .into_values()
-            .map(|call| {
-                json!({
-                    "id": call.id,
-                    "type": call.kind.as_deref().unwrap_or("function"),
-                    "function": {"name": call.name, "arguments": call.arguments},
-                })
-            })
-            .collect();
+        let mut assembled: Vec<Value> = calls.values().map(AssembledCall::to_value).collect();
         let evaluation = guard_tool_calls(&self.guard, &mut assembled);
         self.findings.extend(evaluation.findings);
         let verdict = match self.mode {
