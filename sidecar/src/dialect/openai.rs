@@ -29,7 +29,7 @@ pub struct ChatRequest {
     pub stream: bool,
 }
 
-/// Why a request body could not be read.
+/// Error from reading a request body.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
     #[error("{0}")]
@@ -350,8 +350,8 @@ fn remove_denied_tools(guard: &Guard, body: &mut Map<String, Value>, evaluation:
     if removed.is_empty() {
         return;
     }
-    // A forced choice of a removed tool cannot be honoured; the request is blocked by the
-    // rule that removed it rather than sent with a choice the model would reject.
+    // A forced choice of a removed tool cannot be honoured. The request is blocked by the
+    // rule that removed it, because the model would reject the choice anyway.
     let forced = body
         .get("tool_choice")
         .and_then(|c| c.get("function"))
@@ -699,8 +699,8 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-/// A `chat.completion` whose only choice is the refusal, for a request blocked before it
-/// reached the model.
+/// Builds a `chat.completion` whose only choice is the refusal, for a request blocked
+/// before it reached the model.
 pub fn refusal_completion(model: &str, refusal: &str) -> Value {
     json!({
         "id": format!("chatcmpl-sidecar-{:x}", unix_now_nanos()),
