@@ -167,6 +167,9 @@ impl TopicSet {
     /// `direction` is `None`), in rule order.
     pub fn find(&self, text: &str, direction: Option<Direction>, out: &mut Vec<TopicMatch>) {
         let applies = |rule: usize| direction.is_none_or(|d| self.rules[rule].applies_to(d));
+        if !(0..self.rules.len()).any(applies) {
+            return;
+        }
         let mut first: Vec<Option<(usize, usize)>> = vec![None; self.rules.len()];
 
         if let Some(automaton) = &self.phrases {
@@ -203,6 +206,9 @@ impl TopicSet {
     /// word boundary) or a regex match. The result is on a character boundary.
     pub fn pending_tail_len(&self, text: &str, direction: Direction) -> usize {
         let applies = |rule: usize| self.rules[rule].applies_to(direction);
+        if !(0..self.rules.len()).any(applies) {
+            return 0;
+        }
         let mut hold = 0;
         for (rule, matcher, max_len) in &self.partial {
             if !applies(*rule) {
@@ -214,7 +220,7 @@ impl TopicSet {
             };
             hold = hold.max(tail);
         }
-        if !self.sorted_phrases.is_empty() {
+        if self.sorted_phrases.iter().any(|(_, rule)| applies(*rule)) {
             let earliest = text.len().saturating_sub(self.longest_phrase_len);
             for (offset, _) in text.char_indices().filter(|(i, _)| *i >= earliest) {
                 if text.len() - offset <= hold {

@@ -212,6 +212,12 @@ async fn pump(
         state
             .metrics
             .record_findings(&policy_label, &guarded.take_findings());
+        if flow != Flow::Continue {
+            // The last piece (with `[DONE]` or the error event) is sent after the turn is
+            // stored, so a client's next request always finds this turn and its
+            // pseudonyms in the store.
+            break flow;
+        }
         if !out.is_empty()
             && sender
                 .send(Bytes::from(std::mem::take(&mut out)))
@@ -220,9 +226,6 @@ async fn pump(
         {
             client_gone = true;
             break Flow::Failed;
-        }
-        if flow != Flow::Continue {
-            break flow;
         }
     };
 
@@ -238,11 +241,9 @@ async fn pump(
     }
     let completion = guarded.released_completion();
     record_usage(&state, &context, guarded.usage(), &completion);
-    if flow != Flow::Finished || guarded.error.is_some() {
-        // A failed or blocked stream is not stored as a complete turn.
-        return;
-    }
-    if let Some(turn) = &context.turn {
+    // A failed or blocked stream is not stored as a complete turn.
+    let complete = flow == Flow::Finished && guarded.error.is_none();
+    if let (true, Some(turn)) = (complete, &context.turn) {
         conversation::record_turn(
             &state,
             &context.guard,
@@ -252,6 +253,9 @@ async fn pump(
             dialect::response_message(&completion),
         )
         .await;
+    }
+    if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
+        tracing::debug!(model = %context.model, "client closed the stream before its end");
     }
 }
 
