@@ -26,7 +26,7 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:14190";
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:14101";
 pub const DEFAULT_OPENAI_UPSTREAM: &str = "https://api.openai.com/v1";
 pub const DEFAULT_ANTHROPIC_UPSTREAM: &str = "https://api.anthropic.com";
-/// 10 MiB holds a long conversation with a few inline images; larger bodies are
+/// 10 MiB fits a long conversation with a few inline images; larger bodies are
 /// rejected with 413 before they are buffered.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// Upstream responses are buffered whole to be guarded; 32 MiB bounds that memory.
@@ -161,7 +161,7 @@ pub struct RawLimits {
 pub struct RawUpstream {
     pub connect_timeout_ms: Option<u64>,
     pub request_timeout_secs: Option<u64>,
-    /// Longest silence between two chunks of a streamed response.
+    /// Maximum silence between two chunks of a streamed response.
     pub stream_idle_timeout_secs: Option<u64>,
 }
 
@@ -200,7 +200,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where a secret came from, for logs.
+/// Source of a secret, for logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     Environment,

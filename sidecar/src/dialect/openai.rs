@@ -793,7 +793,7 @@ impl AssembledCall {
         }
     }
 
-    /// The whole call in the shape of a non-streamed `tool_calls[]` entry.
+    /// Returns the whole call in the shape of a non-streamed `tool_calls[]` entry.
     pub fn to_value(&self) -> Value {
         json!({
             "id": self.id,
@@ -852,7 +852,7 @@ impl StreamAssembly {
         }
     }
 
-    /// The collected stream as a `chat.completion` object.
+    /// Returns the collected stream as a `chat.completion` object.
     pub fn to_completion(&self) -> Value {
         let mut completion = self.template.clone();
         completion.insert("object".to_owned(), json!("chat.completion"));
@@ -971,7 +971,7 @@ pub fn completion_to_chunks(completion: &Value) -> Vec<Value> {
     chunks
 }
 
-/// The request's messages in the common model.
+/// Converts the request's messages to the common model.
 pub fn request_messages(request: &ChatRequest) -> Vec<Message> {
     let Some(Value::Array(messages)) = request.body.get("messages") else {
         return Vec::new();
@@ -979,7 +979,7 @@ pub fn request_messages(request: &ChatRequest) -> Vec<Message> {
     messages.iter().map(to_common).collect()
 }
 
-/// The first choice of a completion in the common model.
+/// Converts the first choice of a completion to the common model.
 pub fn response_message(response: &Value) -> Option<Message> {
     response
         .get("choices")?

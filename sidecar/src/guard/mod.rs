@@ -38,7 +38,7 @@ pub struct ContentCheck {
 }
 
 impl ContentCheck {
-    /// The text of part `index` after transformation.
+    /// Returns the text of part `index` after transformation.
     pub fn text<'a>(&'a self, index: usize, original: &'a str) -> &'a str {
         self.transformed
             .get(index)
@@ -55,8 +55,8 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// The earliest start of a match that begins before `at` and ends after it, if any:
-    /// releasing text up to `at` would cut that match in two.
+    /// Returns the earliest start of a match that begins before `at` and ends after it,
+    /// if any. Releasing text up to `at` would cut that match in two.
     pub fn crossing(&self, at: usize) -> Option<usize> {
         let pii = self.pii.iter().map(|m| (m.start, m.end));
         let topics = self.topics.iter().map(|m| (m.start, m.end));
@@ -494,8 +494,8 @@ impl<'a> JoinedParts<'a> {
         &self.joined
     }
 
-    /// A finding for a match in the joined text, attributed to the part it starts in,
-    /// with its end clamped to that part.
+    /// Builds a finding for a match in the joined text, attributed to the part it starts
+    /// in, with its end clamped to that part.
     fn finding(
         &self,
         m: TopicMatch,

@@ -18,7 +18,7 @@ pub struct PartialMatcher {
     dfa: DFA,
     /// Lazy DFA caches, reused across calls; a cache is taken for one call and put back.
     caches: Mutex<Vec<Cache>>,
-    /// Longest text the pattern can match in bytes; candidates start no earlier.
+    /// Maximum length of a match in bytes; candidates start no earlier than that.
     max_len: usize,
 }
 

@@ -27,7 +27,7 @@ impl FindingKind {
     }
 }
 
-/// What a rule did, or in `monitor` mode would have done; a label value in metrics.
+/// Action a rule took, or in `monitor` mode would have taken; a label value in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -78,14 +78,14 @@ pub struct Finding {
     /// The tool a finding about an action concerns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
-    /// Why a constraint failed, naming the argument and the limit, never the value.
+    /// Reason a constraint failed, naming the argument and the limit, never the value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 impl Finding {
-    /// Whether this finding changes traffic (`enforce` mode and an outcome other than
-    /// allow).
+    /// Returns true when this finding changes traffic (`enforce` mode and an outcome
+    /// other than allow).
     pub fn is_enforced(&self) -> bool {
         self.mode == Mode::Enforce && self.outcome != Outcome::Allow
     }
@@ -99,7 +99,7 @@ pub enum Verdict {
     Allow,
     /// The content was rewritten (redacted, masked, hashed) and may pass.
     Transform,
-    /// A rule asks for a human decision before the content may pass.
+    /// A rule requires a human decision before the content may pass.
     Escalate { rule: Arc<str>, kind: FindingKind },
     /// The content must not pass.
     Block { rule: Arc<str>, kind: FindingKind },
@@ -136,7 +136,7 @@ impl Verdict {
         matches!(self, Verdict::Block { .. } | Verdict::Escalate { .. })
     }
 
-    /// The verdict an enforced finding implies.
+    /// Returns the verdict an enforced finding implies.
     pub fn from_finding(finding: &Finding) -> Verdict {
         if !finding.is_enforced() {
             return Verdict::Allow;

@@ -1,6 +1,6 @@
 //! The admin server: probes for the kubelet and metrics for Prometheus.
 //!
-//! `/livez` answers whenever the process and its runtime do; it depends on nothing else,
+//! `/livez` returns 200 whenever the process and its runtime run; it depends on nothing else,
 //! so a provider or store outage never restarts the pod. `/readyz` reports the loaded
 //! policy and the store (degraded while Redis is unreachable). `/startupz` answers once the policy is compiled and the
 //! listeners are bound, which is true before this server starts.
@@ -19,7 +19,7 @@ use crate::guard::Guard;
 use crate::state::{Admission, ConversationStore, StoreStatus};
 use crate::telemetry::metrics::Metrics;
 
-/// What the admin handlers read.
+/// State the admin handlers read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub guard: Arc<Guard>,

@@ -21,7 +21,7 @@ pub const DEFAULT_ACTION_RULE_ID: &str = "actions-default";
 /// Upper bound on a compiled regex, so a policy cannot make the sidecar build a huge
 /// automaton; 1 MiB fits thousands of ordinary patterns.
 const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 20;
-/// Longest rule id; ids are Prometheus label values and log fields.
+/// Maximum rule id length; ids are Prometheus label values and log fields.
 const MAX_RULE_ID_LEN: usize = 63;
 
 struct Errors {
@@ -111,8 +111,8 @@ pub fn compile(
     })
 }
 
-/// Largest `stream.maxHoldBackBytes` accepted: a stream holds at most this much text per
-/// channel in memory.
+/// Maximum `stream.maxHoldBackBytes` accepted, because a stream keeps up to this much
+/// text per channel in memory.
 const MAX_HOLD_BACK_LIMIT_BYTES: usize = 1024 * 1024;
 
 /// Checks that every rule the streaming guard runs on output has a bounded longest match

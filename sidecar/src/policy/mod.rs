@@ -21,8 +21,8 @@ use spec::{BlockResponse, Mode, PiiAction};
 /// Refusal text used when the policy sets none.
 pub const DEFAULT_REFUSAL: &str = "Sorry, I can't help with that request.";
 
-/// Which policy made a decision: attached to logs, readiness detail and metrics so that
-/// two versions of a policy can be told apart.
+/// Identity of the policy that made a decision, attached to logs, readiness detail and
+/// metrics so that two versions of a policy can be distinguished.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyIdentity {
     pub name: String,

@@ -51,7 +51,7 @@ impl UpstreamResponse {
 pub struct Upstream {
     pub name: &'static str,
     provider: Provider,
-    /// Longest wait for the next chunk of a streamed body.
+    /// Maximum wait for the next chunk of a streamed body.
     pub stream_idle_timeout: Duration,
     client: reqwest::Client,
     request_timeout: Duration,
@@ -197,7 +197,7 @@ impl Upstream {
     }
 
     /// The headers sent upstream: the client's forwardable ones plus the sidecar's
-    /// credential when it holds one.
+    /// credential when it has one.
     fn upstream_headers(&self, client_headers: &HeaderMap) -> Result<HeaderMap, ProxyError> {
         let mut headers = forwardable_headers(client_headers);
         if let Some((key, _)) = &self.provider.api_key {

@@ -28,8 +28,8 @@ pub struct Event {
     pub retry: Option<u64>,
 }
 
-/// What the decoder produces: an event, a comment (the text after `:`), or a block
-/// that set only `retry` (which must reach the client without dispatching an event).
+/// Decoder output: an event, a comment (the text after `:`), or a block that set only
+/// `retry`, which must reach the client without dispatching an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     Event(Event),
@@ -37,7 +37,7 @@ pub enum Frame {
     Retry(u64),
 }
 
-/// Why a stream could not be decoded.
+/// Error from decoding a stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("event larger than the limit of {limit_bytes} bytes")]
@@ -113,7 +113,7 @@ impl Decoder {
     }
 
     /// Ends the stream. A block without its terminating blank line is incomplete and, as
-    /// the standard says, dropped; this returns whether such a block was pending.
+    /// the standard requires, dropped. Returns whether such a block was pending.
     pub fn finish(&mut self) -> bool {
         let pending = !self.line.is_empty() || self.has_data;
         self.reset_block();

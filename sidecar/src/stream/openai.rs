@@ -174,27 +174,12 @@ impl OpenAiStream {
 
     /// Ends the client's stream with an error event, such as after a connection reset.
     /// Text still held back is checked and released first, so the client keeps all of the
-    /// partial answer that passed the rules.
+    /// partial response that passed the rules.
     pub fn fail(&mut self, out: &mut String, message: &str, code: &str) -> Flow {
         if !self.ended {
-            let open: Vec<u64> = self
-                .choices
-                .iter()
-                .filter(|(_, c)| !c.finished)
-                .map(|(i, _)| *i)
-                .collect();
-            for index in open {
-                let mut delta = Map::new();
-                for (channel, field) in
-                    [(Channel::Content, "content"), (Channel::Refusal, "refusal")]
-                {
-                    let release = self.channel(index, channel).finish();
-                    if let Some(flow) = self.absorb(index, release, field, &mut delta, out) {
-                        return flow;
-                    }
-                }
-                if !delta.is_empty() {
-                    self.emit_delta(out, index, delta, None);
+            for index in self.open_choices() {
+                if let Some(flow) = self.flush_text(index, Map::new(), out) {
+                    return flow;
                 }
             }
             let body = json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
@@ -292,16 +277,8 @@ impl OpenAiStream {
         }
 
         // The choice is complete: flush held text, then release checked tool calls.
-        let release = self.channel(index, Channel::Content).finish();
-        if let Some(flow) = self.absorb(index, release, "content", &mut delta, out) {
+        if let Some(flow) = self.flush_text(index, delta, out) {
             return flow;
-        }
-        let release = self.channel(index, Channel::Refusal).finish();
-        if let Some(flow) = self.absorb(index, release, "refusal", &mut delta, out) {
-            return flow;
-        }
-        if !delta.is_empty() {
-            self.emit_delta(out, index, delta, None);
         }
         if let Some(flow) = self.release_calls(index, out) {
             return flow;
@@ -456,21 +433,39 @@ impl OpenAiStream {
         Some(Flow::Finished)
     }
 
-    fn finish_all(&mut self, out: &mut String) -> Flow {
-        let open: Vec<u64> = self
-            .choices
+    /// Indexes of the choices that have not finished.
+    fn open_choices(&self) -> Vec<u64> {
+        self.choices
             .iter()
             .filter(|(_, c)| !c.finished)
             .map(|(i, _)| *i)
-            .collect();
-        for index in open {
-            let mut delta = Map::new();
-            let release = self.channel(index, Channel::Content).finish();
-            if let Some(flow) = self.absorb(index, release, "content", &mut delta, out) {
-                return flow;
+            .collect()
+    }
+
+    /// Finishes a choice's content and refusal channels, adds what they release to
+    /// `delta` and emits it. Returns the flow to stop with when the held text blocks.
+    fn flush_text(
+        &mut self,
+        index: u64,
+        mut delta: Map<String, Value>,
+        out: &mut String,
+    ) -> Option<Flow> {
+        for (channel, field) in [(Channel::Content, "content"), (Channel::Refusal, "refusal")] {
+            let release = self.channel(index, channel).finish();
+            if let Some(flow) = self.absorb(index, release, field, &mut delta, out) {
+                return Some(flow);
             }
-            if !delta.is_empty() {
-                self.emit_delta(out, index, delta, None);
+        }
+        if !delta.is_empty() {
+            self.emit_delta(out, index, delta, None);
+        }
+        None
+    }
+
+    fn finish_all(&mut self, out: &mut String) -> Flow {
+        for index in self.open_choices() {
+            if let Some(flow) = self.flush_text(index, Map::new(), out) {
+                return flow;
             }
             if let Some(flow) = self.release_calls(index, out) {
                 return flow;
@@ -515,4 +510,63 @@ impl OpenAiStream {
 enum Channel {
     Content,
     Refusal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::pii::HashKey;
+    use crate::policy::Policy;
+    use crate::sse::Event;
+
+    fn event(data: &str) -> Frame {
+        Frame::Event(Event {
+            data: data.to_owned(),
+            ..Event::default()
+        })
+    }
+
+    fn guarded() -> OpenAiStream {
+        let policy = Policy::embedded_default().expect("embedded policy compiles");
+        let guard = Arc::new(Guard::new(Arc::new(policy), Arc::new(HashKey::new(b"k"))));
+        OpenAiStream::new(guard, StreamMode::Guarded, 8192, false)
+    }
+
+    #[test]
+    fn done_flushes_held_refusal_text() {
+        let mut stream = guarded();
+        let mut out = String::new();
+        let chunk =
+            r#"{"id":"c","choices":[{"index":0,"delta":{"refusal":"I cannot help with that"}}]}"#;
+        assert_eq!(stream.on_frame(event(chunk), &mut out), Flow::Continue);
+        assert!(
+            !out.contains("that"),
+            "the last word is held back until the stream ends: {out}"
+        );
+        assert_eq!(stream.on_frame(event("[DONE]"), &mut out), Flow::Finished);
+        assert!(
+            out.contains("\"refusal\":\"that\""),
+            "held refusal text is released: {out}"
+        );
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+    }
+
+    #[test]
+    fn upstream_failure_releases_held_text_first() {
+        let mut stream = guarded();
+        let mut out = String::new();
+        let chunk = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Partial answer"}}]}"#;
+        stream.on_frame(event(chunk), &mut out);
+        assert_eq!(
+            stream.fail(&mut out, "reset", "upstream_unavailable"),
+            Flow::Failed
+        );
+        let answer = out.find("\"content\":\"answer\"");
+        let error = out.find("upstream_unavailable");
+        assert!(answer.is_some(), "held text is released: {out}");
+        assert!(
+            answer < error,
+            "held text comes before the error event: {out}"
+        );
+    }
 }

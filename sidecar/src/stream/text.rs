@@ -29,7 +29,7 @@ pub struct Release {
     pub findings: Vec<Finding>,
 }
 
-/// How a channel releases text.
+/// Release policy of a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamMode {
     /// Hold back what could still match, transform before release, stop on a block.
@@ -124,8 +124,8 @@ impl TextStream {
             cut = base.max(buffer.len() - hold.min(buffer.len()));
             if buffer.len() - cut > self.max_hold_back_bytes {
                 // NOTE: the policy compiler rejects rules that need more hold-back than
-                // the limit, but a PEM block or a token run may still exceed it; the text
-                // is released unguarded past the limit and the overflow is counted.
+                // the limit, but a PEM block or a token run may still exceed it. The text
+                // past the limit is then released unguarded, and the overflow is counted.
                 cut = floor_char_boundary(&buffer, buffer.len() - self.max_hold_back_bytes);
                 self.hold_back_overflows += 1;
             }
