@@ -5,16 +5,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::Args;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, SecretSource};
 use crate::context::{SummaryScheduler, summarize};
-use crate::guard::Guard;
 use crate::guard::pii::HashKey;
 use crate::health::{self, AdminState};
 use crate::policy::Policy;
+use crate::policy::reload::{DEFAULT_RELOAD_INTERVAL_MS, GuardHandle, PolicyWatcher};
 use crate::proxy::{self, ProxyState, upstream};
 use crate::state::vault::VaultKey;
 use crate::state::{self, ConversationStore};
@@ -58,6 +59,10 @@ pub struct ServeArgs {
     #[arg(long, env = "AGENT_SIDECAR_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
+    /// Milliseconds between two reads of the policy path. A changed valid policy is
+    /// enforced from the next request on. 0 turns reloading off.
+    #[arg(long, env = "AGENT_SIDECAR_POLICY_RELOAD_INTERVAL_MS", default_value_t = DEFAULT_RELOAD_INTERVAL_MS)]
+    pub policy_reload_interval_ms: u64,
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -98,7 +103,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let reload_interval = Duration::from_millis(args.policy_reload_interval_ms);
+    match runtime.block_on(serve(config, reload_interval)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!(error = %message, "sidecar stopped");
@@ -107,7 +113,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> {
     let policy =
         Policy::load_or_default(config.policy.as_deref()).map_err(|errors| errors.to_string())?;
     tracing::info!(
@@ -118,7 +124,7 @@ async fn serve(config: Config) -> Result<(), String> {
         "policy loaded"
     );
     let metrics = Metrics::new();
-    metrics.set_policy_rules(policy.rule_count);
+    metrics.record_policy_loaded(&policy);
 
     let hash_key = match &config.hash_key {
         Some(secret) => HashKey::new(secret.expose().as_bytes()),
@@ -130,7 +136,7 @@ async fn serve(config: Config) -> Result<(), String> {
             HashKey::new(&random_key()?)
         }
     };
-    let guard = Arc::new(Guard::new(Arc::new(policy), Arc::new(hash_key)));
+    let guard = Arc::new(GuardHandle::new(Arc::new(policy), Arc::new(hash_key)));
     let store: Arc<dyn ConversationStore> =
         state::open(config.store.settings.clone(), config.store.redis.clone())
             .map_err(|e| e.to_string())?;
@@ -194,6 +200,11 @@ async fn serve(config: Config) -> Result<(), String> {
         max_request_body_bytes: config.max_request_body_bytes,
         passthrough_unknown_paths: config.passthrough_unknown_paths,
     });
+    let watcher = config
+        .policy
+        .clone()
+        .filter(|_| !reload_interval.is_zero())
+        .map(|path| PolicyWatcher::new(guard.clone(), path, metrics.clone()));
     let admin_router = health::router(AdminState {
         guard,
         store: store.clone(),
@@ -208,6 +219,14 @@ async fn serve(config: Config) -> Result<(), String> {
         proxy_router,
         shutdown_rx.clone(),
     ));
+    if let Some(watcher) = watcher {
+        tracing::info!(
+            policy.source = %watcher.path().display(),
+            interval_ms = reload_interval.as_millis(),
+            "watching the policy for changes"
+        );
+        tokio::spawn(watcher.run(reload_interval, shutdown_rx.clone()));
+    }
     let admin_task = tokio::spawn(run_server(admin_listener, admin_router, shutdown_rx));
     started.store(true, Ordering::Release);
     tracing::info!(

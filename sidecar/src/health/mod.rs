@@ -15,14 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::guard::Guard;
+use crate::policy::reload::GuardHandle;
 use crate::state::{Admission, ConversationStore, StoreStatus};
 use crate::telemetry::metrics::Metrics;
 
 /// State the admin handlers read.
 #[derive(Debug, Clone)]
 pub struct AdminState {
-    pub guard: Arc<Guard>,
+    pub guard: Arc<GuardHandle>,
     pub store: Arc<dyn ConversationStore>,
     pub metrics: Arc<Metrics>,
     /// Set once every listener is bound.
@@ -53,7 +53,9 @@ async fn startupz(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let policy = state.guard.policy();
+    let guard = state.guard.current();
+    let policy = guard.policy();
+    let reload = state.guard.status();
     let store = state.store.health();
     // A degraded store keeps the pod ready while requests still flow (turns queue in the
     // outage buffer). Only a store that is rejecting new requests, because its buffer is
@@ -73,12 +75,19 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             "policy": {
-                "status": "ok",
+                // A rejected reload leaves the last valid policy enforced, so it does not
+                // make the pod unready; the detail shows what was rejected.
+                "status": if reload.rejected_hash.is_some() || !reload.errors.is_empty() {
+                    "reload_failed"
+                } else {
+                    "ok"
+                },
                 "name": policy.identity.name,
                 "generation": policy.identity.generation,
                 "hash": policy.identity.hash,
                 "source": policy.identity.source,
                 "rules": policy.rule_count,
+                "reload": reload,
             },
             "store": {
                 "status": store_status,

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod conversation;
 pub mod load;
+pub mod reload;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -77,7 +78,15 @@ impl Policy {
     /// Loads and compiles the policy at `path` (file or directory).
     pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
         let sources = load::read_sources(path)?;
-        let (document, mut errors) = load::parse_sources_partial(&sources);
+        Policy::from_sources(&sources, path)
+    }
+
+    /// Parses and compiles sources read from `path` by [`load::read_sources`].
+    pub fn from_sources(
+        sources: &[load::PolicySource],
+        path: &Path,
+    ) -> Result<Policy, PolicyErrors> {
+        let (document, mut errors) = load::parse_sources_partial(sources);
         let Some((document, _)) = document else {
             return Err(PolicyErrors(errors));
         };
@@ -118,6 +127,16 @@ impl Policy {
             None => Policy::embedded_default(),
         }
     }
+}
+
+/// Returns the first 12 hex digits of the SHA-256 of a policy's source text, joined
+/// in the order [`load::read_sources`] returns the files.
+pub fn content_hash(sources: &[load::PolicySource]) -> String {
+    let mut hasher = Sha256::new();
+    for source in sources {
+        hasher.update(source.text.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..6])
 }
 
 fn identity(document: &spec::GuardrailPolicy, text: &str, source: &str) -> PolicyIdentity {

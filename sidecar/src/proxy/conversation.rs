@@ -67,12 +67,16 @@ pub(super) async fn open(
 /// Returns a guard for this request: with a pseudonym vault when the policy
 /// pseudonymizes, holding the conversation's stored mappings. A request without a
 /// conversation gets a vault that lives only for the request.
-pub(super) fn request_guard(state: &ProxyState, conversation: &RequestConversation) -> Guard {
-    let pseudonymizes = state.guard.policy().pii.bindings.values().any(|binding| {
+pub(super) fn request_guard(
+    state: &ProxyState,
+    enforced: &Guard,
+    conversation: &RequestConversation,
+) -> Guard {
+    let pseudonymizes = enforced.policy().pii.bindings.values().any(|binding| {
         binding.input == PiiAction::Pseudonymize || binding.output == PiiAction::Pseudonymize
     });
     if !pseudonymizes {
-        return (*state.guard).clone();
+        return enforced.clone();
     }
     // NOTE: when the store could not be loaded, the vault starts empty. A new value may
     // then get a placeholder that the stored vault maps to another value, and after a
@@ -92,7 +96,7 @@ pub(super) fn request_guard(state: &ProxyState, conversation: &RequestConversati
             "pseudonym vault entries do not open with the configured key; their values cannot be restored"
         );
     }
-    state.guard.with_vault(vault)
+    enforced.with_vault(vault)
 }
 
 /// Output tokens the request sets, from `max_completion_tokens` or `max_tokens`.

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::context::{ModelCatalog, SummaryScheduler};
-use crate::guard::Guard;
+use crate::policy::reload::GuardHandle;
 use crate::state::ConversationStore;
 use crate::state::vault::VaultKey;
 use crate::telemetry::metrics::Metrics;
@@ -36,7 +36,8 @@ pub const BLOCKED_RULE_HEADER: &str = "x-agent-sidecar-blocked-rule";
 /// State shared by every proxy handler.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
-    pub guard: Arc<Guard>,
+    /// The enforced policy; each request takes one snapshot at its start.
+    pub guard: Arc<GuardHandle>,
     pub openai: Upstream,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn ConversationStore>,

@@ -18,6 +18,7 @@ use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
 use crate::context::context_overflow;
 use crate::dialect::openai::{self as dialect, ParseError};
 use crate::guard::Verdict;
+use crate::policy::Policy;
 use crate::policy::spec::BlockResponse;
 
 const ROUTE_CHAT: &str = "chat_completions";
@@ -47,12 +48,16 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         ParseError::Schema(invalid) => ProxyError::InvalidRequest(invalid),
     })?;
 
-    let policy = state.guard.policy().clone();
+    // One snapshot for the whole request: a policy reload while it runs does not change
+    // the rules it is checked against.
+    let enforced = state.guard.current();
+    let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &chat.body).await?;
-    let guard = Arc::new(conversation::request_guard(state, &conversation));
-    let policy_label = policy.identity.name.as_str();
+    let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
     let input = dialect::guard_request(&guard, &mut chat);
-    state.metrics.record_findings(policy_label, &input.findings);
+    state
+        .metrics
+        .record_findings(&policy.identity, &input.findings);
     tracing::debug!(
         model = %chat.model,
         verdict = input.verdict.as_str(),
@@ -61,7 +66,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         "input guardrails evaluated"
     );
     if let Some(block) = Block::from_verdict(&input.verdict) {
-        return blocked(state, &chat.model, chat.stream, block, None);
+        return blocked(&policy, &chat.model, chat.stream, block, None);
     }
 
     // The whole guarded history is what the turn records; the window below may send less.
@@ -194,7 +199,7 @@ pub(super) async fn finish_whole(
     let output = dialect::guard_response(guard, &mut completion.0);
     state
         .metrics
-        .record_findings(&policy.identity.name, &output.findings);
+        .record_findings(&policy.identity, &output.findings);
     tracing::debug!(
         model = %context.model,
         verdict = output.verdict.as_str(),
@@ -203,7 +208,7 @@ pub(super) async fn finish_whole(
         "output guardrails evaluated"
     );
     if let Some(block) = Block::from_verdict(&output.verdict) {
-        return blocked(state, &context.model, streamed, block, Some(completion.0));
+        return blocked(&policy, &context.model, streamed, block, Some(completion.0));
     }
     openai_stream::record_usage(state, context, completion.0.get("usage"), &completion.0);
     let stored_response = dialect::response_message(&completion.0);
@@ -288,7 +293,7 @@ impl Block {
 /// Builds the reply to a blocked request or response. The policy chooses a refusal, in the
 /// shape the client requested (JSON or an event stream), or an error.
 fn blocked(
-    state: &ProxyState,
+    policy: &Policy,
     model: &str,
     streamed: bool,
     block: Block,
@@ -300,7 +305,6 @@ fn blocked(
         escalate,
     } = block;
     tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
-    let policy = state.guard.policy();
     if policy.on_block == BlockResponse::Error {
         return Err(if escalate {
             ProxyError::ApprovalRequired { rule, kind }

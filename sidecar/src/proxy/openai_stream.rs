@@ -154,7 +154,6 @@ async fn pump(
     context: StreamContext,
 ) {
     let policy = context.guard.policy().clone();
-    let policy_label = policy.identity.name.clone();
     let idle = state.openai.stream_idle_timeout;
     let mut decoder = Decoder::new(DEFAULT_MAX_EVENT_BYTES);
     let mut upstream = response.bytes_stream();
@@ -211,7 +210,7 @@ async fn pump(
         };
         state
             .metrics
-            .record_findings(&policy_label, &guarded.take_findings());
+            .record_findings(&policy.identity, &guarded.take_findings());
         if flow != Flow::Continue {
             // The last piece (with `[DONE]` or the error event) is sent after the turn is
             // stored, so a client's next request always finds this turn and its
@@ -233,7 +232,7 @@ async fn pump(
     if overflows > 0 {
         state
             .metrics
-            .record_hold_back_overflows(&policy_label, overflows);
+            .record_hold_back_overflows(&policy.identity.name, overflows);
     }
     if client_gone {
         tracing::debug!(model = %context.model, "client closed the stream");

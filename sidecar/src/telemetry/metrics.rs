@@ -12,6 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::guard::Finding;
+use crate::policy::reload::ReloadOutcome;
+use crate::policy::{Policy, PolicyIdentity};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -21,6 +23,17 @@ pub struct DecisionLabels {
     pub outcome: String,
     pub mode: String,
     pub policy: String,
+    /// Content hash of the policy version. Each reload adds at most one value, so a
+    /// canary rollout can be compared by version without unbounded cardinality.
+    pub policy_hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyInfoLabels {
+    pub policy: String,
+    pub policy_hash: String,
+    /// `metadata.generation`, empty when the policy sets none.
+    pub generation: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,6 +94,8 @@ pub struct Metrics {
     context_actions: Family<ActionLabels, Counter>,
     summarizations: Family<OutcomeLabels, Counter>,
     policy_rules: Gauge,
+    policy_info: Family<PolicyInfoLabels, Gauge>,
+    policy_reloads: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -159,6 +174,18 @@ impl Metrics {
             "Rules in the loaded guardrail policy",
             policy_rules.clone(),
         );
+        let policy_info = Family::<PolicyInfoLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The enforced guardrail policy: 1 for its name, content hash and generation",
+            policy_info.clone(),
+        );
+        let policy_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy reloads after the policy files changed, by outcome (success, failure)",
+            policy_reloads.clone(),
+        );
         Arc::new(Metrics {
             registry,
             decisions,
@@ -171,11 +198,13 @@ impl Metrics {
             context_actions,
             summarizations,
             policy_rules,
+            policy_info,
+            policy_reloads,
         })
     }
 
     /// Counts each finding as one guardrail decision.
-    pub fn record_findings(&self, policy: &str, findings: &[Finding]) {
+    pub fn record_findings(&self, policy: &PolicyIdentity, findings: &[Finding]) {
         for finding in findings {
             self.decisions
                 .get_or_create(&DecisionLabels {
@@ -184,7 +213,8 @@ impl Metrics {
                     direction: finding.direction.as_str().to_owned(),
                     outcome: finding.outcome.as_str().to_owned(),
                     mode: finding.mode.as_str().to_owned(),
-                    policy: policy.to_owned(),
+                    policy: policy.name.clone(),
+                    policy_hash: policy.hash.clone(),
                 })
                 .inc();
         }
@@ -260,9 +290,32 @@ impl Metrics {
             .inc();
     }
 
-    pub fn set_policy_rules(&self, count: usize) {
+    /// Records `policy` as the enforced policy, replacing the previous one in
+    /// `policy_info`.
+    pub fn record_policy_loaded(&self, policy: &Policy) {
         self.policy_rules
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+            .set(i64::try_from(policy.rule_count).unwrap_or(i64::MAX));
+        self.policy_info.clear();
+        self.policy_info
+            .get_or_create(&PolicyInfoLabels {
+                policy: policy.identity.name.clone(),
+                policy_hash: policy.identity.hash.clone(),
+                generation: policy
+                    .identity
+                    .generation
+                    .map(|generation| generation.to_string())
+                    .unwrap_or_default(),
+            })
+            .set(1);
+    }
+
+    /// Counts one reload of changed policy files.
+    pub fn record_policy_reload(&self, outcome: ReloadOutcome) {
+        self.policy_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
     }
 
     /// Renders the registry in the Prometheus text exposition format.
