@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anthropic
 import openai
 import pytest
 
@@ -115,4 +116,24 @@ def error_client(error_sidecar: SidecarProcess) -> Iterator[openai.OpenAI]:
 def unreachable_client(unreachable_sidecar: SidecarProcess) -> Iterator[openai.OpenAI]:
     """An SDK client that talks to the sidecar whose upstream is down."""
     with _make_client(unreachable_sidecar) as sdk_client:
+        yield sdk_client
+
+
+def _make_anthropic_client(sidecar: SidecarProcess) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=sidecar.anthropic_base_url, api_key=CLIENT_API_KEY, max_retries=0, timeout=10.0
+    )
+
+
+@pytest.fixture
+def anthropic_client(sidecar: SidecarProcess) -> Iterator[anthropic.Anthropic]:
+    """An Anthropic SDK client that talks to the refusal-mode sidecar."""
+    with _make_anthropic_client(sidecar) as sdk_client:
+        yield sdk_client
+
+
+@pytest.fixture
+def anthropic_error_client(error_sidecar: SidecarProcess) -> Iterator[anthropic.Anthropic]:
+    """An Anthropic SDK client that talks to the error-mode sidecar."""
+    with _make_anthropic_client(error_sidecar) as sdk_client:
         yield sdk_client

@@ -1,4 +1,4 @@
-"""Stub OpenAI upstream, sidecar process control and raw HTTP helpers for the SDK suite.
+"""Stub OpenAI and Anthropic upstream, sidecar process control and raw HTTP helpers for the SDK suite.
 
 Everything here listens on or connects to 127.0.0.1 only.
 """
@@ -27,6 +27,7 @@ RECORDINGS_DIR = SDK_DIR / "recordings"
 UPSTREAM_API_KEY = "sidecar-upstream-key"
 CLIENT_API_KEY = "client-key"
 MODEL = "gpt-4o-mini"
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
 REFUSAL_TEXT = "Sorry, I can't help with that."
 BLOCKED_RULE_HEADER = "x-agent-sidecar-blocked-rule"
 
@@ -106,6 +107,22 @@ class RawSseReply:
 
 
 @dataclass(frozen=True)
+class AnthropicSseReply:
+    """A text/event-stream reply in Anthropic's form: per payload an `event:` line named
+    after its `type` and a `data:` line, with no `[DONE]`.
+
+    The stub sends the events as separate HTTP chunks with a short pause between them.
+    """
+
+    events: list[dict[str, Any]]
+    pauses: Mapping[int, float] = field(default_factory=dict)
+    """Seconds to wait after the event at a position, in place of SSE_EVENT_INTERVAL_SECONDS."""
+
+    def chunks(self) -> list[bytes]:
+        return [f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode() for event in self.events]
+
+
+@dataclass(frozen=True)
 class RecordedRequest:
     """A request as the stub upstream received it."""
 
@@ -119,7 +136,7 @@ class RecordedRequest:
 
 
 class StubUpstream:
-    """OpenAI-compatible upstream on 127.0.0.1 that records requests and replies from a queue.
+    """OpenAI-compatible and Anthropic upstream on 127.0.0.1 that records requests and replies from a queue.
 
     A POST takes the next queued reply. With an empty queue it gets a 500 error, so a test
     that did not expect the upstream to be called fails visibly. GET /v1/models returns the
@@ -129,7 +146,7 @@ class StubUpstream:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._replies: deque[JsonReply | SseReply | RawSseReply] = deque()
+        self._replies: deque[JsonReply | SseReply | RawSseReply | AnthropicSseReply] = deque()
         self._sse_send_times: list[float] = []
         self._sse_generation = 0
         self.models = load_recording("models")
@@ -162,7 +179,7 @@ class StubUpstream:
             self._replies.clear()
             self._sse_send_times.clear()
 
-    def enqueue(self, *replies: JsonReply | SseReply | RawSseReply) -> None:
+    def enqueue(self, *replies: JsonReply | SseReply | RawSseReply | AnthropicSseReply) -> None:
         with self._lock:
             self._replies.extend(replies)
 
@@ -178,11 +195,17 @@ class StubUpstream:
             if request.method == "POST" and request.path == "/v1/chat/completions"
         ]
 
+    def messages_requests(self) -> list[RecordedRequest]:
+        """Return the Anthropic Messages API requests the upstream received."""
+        return [
+            request for request in self.requests if request.method == "POST" and request.path == "/v1/messages"
+        ]
+
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
 
-    def next_reply(self) -> JsonReply | SseReply | RawSseReply | None:
+    def next_reply(self) -> JsonReply | SseReply | RawSseReply | AnthropicSseReply | None:
         with self._lock:
             return self._replies.popleft() if self._replies else None
 
@@ -253,6 +276,8 @@ class _StubHandler(BaseHTTPRequestHandler):
             self._send_json(reply.status, reply.body)
         elif isinstance(reply, RawSseReply):
             self._send_event_stream(reply.chunks, reply.pauses, reply.complete)
+        elif isinstance(reply, AnthropicSseReply):
+            self._send_event_stream(reply.chunks(), reply.pauses, complete=True)
         else:
             self._send_sse(reply.events, reply.pauses, reply.done)
 
@@ -360,6 +385,16 @@ class SidecarProcess:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
+    def anthropic_upstream_url(self) -> str:
+        """The stub's root URL: the Anthropic base URL has no /v1, which the API paths carry."""
+        return self.upstream_url.removesuffix("/v1")
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The base URL that an agent's ANTHROPIC_BASE_URL names."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def log_paths(self) -> tuple[Path, Path]:
         return (self.stdout_path, self.stderr_path)
 
@@ -382,6 +417,7 @@ class SidecarProcess:
             "--listen", f"127.0.0.1:{self.port}",
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
             "--openai-upstream", self.upstream_url,
+            "--anthropic-upstream", self.anthropic_upstream_url,
             "--policy", self.policy_path,
             *self.extra_args,
         ]
@@ -391,6 +427,7 @@ class SidecarProcess:
             if name.lower() not in ("http_proxy", "https_proxy", "all_proxy")
         }
         env["OPENAI_API_KEY"] = UPSTREAM_API_KEY
+        env["ANTHROPIC_API_KEY"] = UPSTREAM_API_KEY
         env["RUST_LOG"] = "info"
         env["NO_PROXY"] = "127.0.0.1,localhost"
         env.update(self.extra_env)
@@ -659,3 +696,17 @@ def reply_text(text: str) -> JsonReply:
     body["choices"][0]["message"]["content"] = text
     return JsonReply(body)
 
+
+
+def single_messages_request(upstream: StubUpstream) -> RecordedRequest:
+    """Return the single Messages API request that the upstream received, and fail when there is not exactly one."""
+    requests = upstream.messages_requests()
+    assert len(requests) == 1, f"expected 1 Messages API request at the upstream, got {len(requests)}"
+    return requests[0]
+
+
+def anthropic_reply_text(text: str) -> JsonReply:
+    """A Messages API `message` reply whose only content block is text."""
+    body = load_recording("anthropic_message_text")
+    body["content"][0]["text"] = text
+    return JsonReply(body)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, SecretSource};
+use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, Secret, SecretSource};
 use crate::context::{SummaryScheduler, summarize};
 use crate::guard::pii::HashKey;
 use crate::health::{self, AdminState};
@@ -141,27 +141,31 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         state::open(config.store.settings.clone(), config.store.redis.clone())
             .map_err(|e| e.to_string())?;
 
-    match &config.openai.api_key {
-        Some((_, SecretSource::Environment)) => {
-            tracing::info!("upstream credential for openai read from OPENAI_API_KEY")
-        }
-        Some((_, SecretSource::File)) => {
-            tracing::info!("upstream credential for openai read from file")
-        }
-        None => tracing::info!(
-            "no upstream credential for openai; the client's Authorization header is forwarded"
-        ),
-    }
+    log_credential_source("openai", &config.openai.api_key);
+    log_credential_source("anthropic", &config.anthropic.api_key);
     let client = upstream::build_client(config.connect_timeout)
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let mut openai = upstream::Upstream::new(
         "openai",
         config.openai.clone(),
-        client,
+        client.clone(),
         config.request_timeout,
         config.max_response_body_bytes,
     );
     openai.stream_idle_timeout = config.stream_idle_timeout;
+    let mut anthropic = upstream::Upstream::new(
+        "anthropic",
+        config.anthropic.clone(),
+        client,
+        config.request_timeout,
+        config.max_response_body_bytes,
+    )
+    .with_credential(upstream::Credential::Header("x-api-key"))
+    .with_default_header(
+        "anthropic-version",
+        crate::dialect::anthropic::DEFAULT_VERSION,
+    );
+    anthropic.stream_idle_timeout = config.stream_idle_timeout;
 
     let proxy_listener = bind(config.listen, "listen").await?;
     let admin_listener = bind(config.admin_listen, "adminListen").await?;
@@ -192,6 +196,7 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     let proxy_router = proxy::router(ProxyState {
         guard: guard.clone(),
         openai,
+        anthropic,
         metrics: metrics.clone(),
         store: store.clone(),
         vault_key,
@@ -250,6 +255,22 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     store.shutdown(config.store.shutdown_grace).await;
     tracing::info!("agent-sidecar stopped");
     Ok(())
+}
+
+/// Logs where a provider's upstream key came from, never the key itself.
+fn log_credential_source(provider: &str, key: &Option<(Secret, SecretSource)>) {
+    match key {
+        Some((_, SecretSource::Environment)) => {
+            tracing::info!(provider, "upstream credential read from the environment")
+        }
+        Some((_, SecretSource::File)) => {
+            tracing::info!(provider, "upstream credential read from file")
+        }
+        None => tracing::info!(
+            provider,
+            "no upstream credential; the client's credential header is forwarded"
+        ),
+    }
 }
 
 async fn bind(address: std::net::SocketAddr, field: &str) -> Result<TcpListener, String> {

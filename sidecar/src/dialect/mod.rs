@@ -5,6 +5,8 @@
 //! and writes transformed text back in place. The common model below is the normalized
 //! form used for stored conversation turns.
 
+pub mod anthropic;
+pub mod guarding;
 pub mod openai;
 
 use serde::Serialize;

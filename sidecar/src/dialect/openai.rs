@@ -6,9 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+pub use super::guarding::{Evaluation, ParseError};
+use super::guarding::{
+    guard_json_strings, optional_stream, parse_object, remove_denied, required_model, type_name,
+};
 use super::{InvalidRequest, Message, Part, Role};
-use crate::guard::{ContentCheck, Finding, FindingKind, Guard, Outcome, Verdict};
-use crate::policy::spec::{Direction, Mode};
+use crate::guard::{ContentCheck, Guard, Verdict};
+use crate::policy::spec::Direction;
 
 /// Roles a Chat Completions message may have.
 const ROLES: &[&str] = &[
@@ -29,96 +33,11 @@ pub struct ChatRequest {
     pub stream: bool,
 }
 
-/// Error from reading a request body.
-#[derive(Debug, thiserror::Error)]
-pub enum ParseError {
-    #[error("{0}")]
-    Json(String),
-    #[error(transparent)]
-    Schema(#[from] InvalidRequest),
-}
-
-/// The combined verdict and findings for a request or a response.
-#[derive(Debug)]
-pub struct Evaluation {
-    pub verdict: Verdict,
-    pub findings: Vec<Finding>,
-}
-
-impl Evaluation {
-    fn new() -> Self {
-        Evaluation {
-            verdict: Verdict::Allow,
-            findings: Vec::new(),
-        }
-    }
-
-    fn absorb(&mut self, verdict: Verdict, findings: Vec<Finding>) {
-        self.verdict.merge(verdict);
-        self.findings.extend(findings);
-    }
-
-    fn absorb_all(&mut self, other: Evaluation) {
-        self.absorb(other.verdict, other.findings);
-    }
-}
-
 /// Parses and validates a Chat Completions request body.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ParseError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ParseError::Json(
-            "request body is empty; send a JSON chat completion request".to_owned(),
-        ));
-    }
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(ParseError::Json(format!(
-            "request body is not valid UTF-8 (invalid byte at offset {}); send UTF-8 JSON",
-            e.valid_up_to()
-        )));
-    }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ParseError::Json(format!(
-            "request body is not valid JSON ({e}); send a UTF-8 JSON object"
-        ))
-    })?;
-    let Value::Object(body) = value else {
-        return Err(InvalidRequest {
-            param: None,
-            message: format!(
-                "request body must be a JSON object, found {}",
-                type_name(&value)
-            ),
-        }
-        .into());
-    };
-
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) => {
-            return Err(InvalidRequest::new("model", "model must not be empty").into());
-        }
-        Some(other) => {
-            return Err(InvalidRequest::new(
-                "model",
-                format!("model must be a string, found {}", type_name(other)),
-            )
-            .into());
-        }
-        None => {
-            return Err(InvalidRequest::new("model", "missing required parameter: model").into());
-        }
-    };
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(InvalidRequest::new(
-                "stream",
-                format!("stream must be a boolean, found {}", type_name(other)),
-            )
-            .into());
-        }
-    };
+    let body = parse_object(body, "chat completion")?;
+    let model = required_model(&body)?;
+    let stream = optional_stream(&body)?;
     let messages = match body.get("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => messages,
         Some(Value::Array(_)) => {
@@ -152,17 +71,6 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ParseError> {
         model,
         stream,
     })
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn validate_message(message: &Value, path: &str) -> Result<(), InvalidRequest> {
@@ -330,56 +238,16 @@ pub fn guard_request(guard: &Guard, request: &mut ChatRequest) -> Evaluation {
 }
 
 fn remove_denied_tools(guard: &Guard, body: &mut Map<String, Value>, evaluation: &mut Evaluation) {
-    let Some(Value::Array(tools)) = body.get_mut("tools") else {
-        return;
-    };
-    let mut removed = Vec::new();
-    tools.retain(|tool| {
-        let Some(name) = tool_name(tool) else {
-            return true;
-        };
-        match guard.tool_denied_outright(name) {
-            Some(rule) => {
-                removed.push((rule, name.to_owned()));
-                false
-            }
-            None => true,
-        }
-    });
-    let now_empty = tools.is_empty();
-    if removed.is_empty() {
-        return;
-    }
-    // A forced choice of a removed tool cannot be honoured. The request is blocked by the
-    // rule that removed it, because the model would reject the choice anyway.
     let forced = body
         .get("tool_choice")
         .and_then(|c| c.get("function"))
         .and_then(|f| f.get("name"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    for (rule, name) in removed {
-        let is_forced = forced.as_deref() == Some(name.as_str());
-        let finding = Finding {
-            rule: rule.clone(),
-            kind: FindingKind::Action,
-            entity: None,
-            outcome: if is_forced {
-                Outcome::Block
-            } else {
-                Outcome::Removed
-            },
-            mode: Mode::Enforce,
-            direction: Direction::Input,
-            part: None,
-            start: None,
-            end: None,
-            tool: Some(name),
-            detail: is_forced.then(|| "tool_choice forces a denied tool".to_owned()),
-        };
-        evaluation.absorb(Verdict::from_finding(&finding), vec![finding]);
-    }
-    if now_empty {
+    let Some(Value::Array(tools)) = body.get_mut("tools") else {
+        return;
+    };
+    if remove_denied(guard, tools, tool_name, forced.as_deref(), evaluation) {
         // The API rejects tool_choice and parallel_tool_calls without tools.
         body.remove("tools");
         body.remove("tool_choice");
@@ -549,19 +417,9 @@ fn guard_parsed_arguments(
     let mut evaluation = Evaluation::new();
     match parsed {
         Some(mut value) => {
-            let mut leaves = Vec::new();
-            collect_strings(&value, &mut leaves);
-            if leaves.is_empty() {
-                return evaluation;
-            }
-            let refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
-            let check = guard.check_content(direction, &refs);
-            if check.transformed.iter().any(Option::is_some) {
-                let mut replacements = check.transformed.iter();
-                replace_strings(&mut value, &mut replacements);
+            if guard_json_strings(guard, direction, &mut value, &mut evaluation) {
                 *arguments = value.to_string();
             }
-            evaluation.absorb(check.verdict, check.findings);
         }
         None => {
             let check: ContentCheck = guard.check_content(direction, &[arguments.as_str()]);
@@ -585,36 +443,6 @@ pub fn guard_tool_calls(guard: &Guard, calls: &mut [Value]) -> Evaluation {
         }
     }
     evaluation
-}
-
-fn collect_strings(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
-        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
-        _ => {}
-    }
-}
-
-/// Walks `value` in the same order as `collect_strings` and applies the replacements.
-fn replace_strings<'a>(
-    value: &mut Value,
-    replacements: &mut impl Iterator<Item = &'a Option<String>>,
-) {
-    match value {
-        Value::String(s) => {
-            if let Some(Some(new_text)) = replacements.next() {
-                *s = new_text.clone();
-            }
-        }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| replace_strings(v, replacements)),
-        Value::Object(map) => map
-            .values_mut()
-            .for_each(|v| replace_strings(v, replacements)),
-        _ => {}
-    }
 }
 
 /// Runs the output guardrails over a `chat.completion` object and rewrites it in place.

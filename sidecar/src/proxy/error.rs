@@ -19,7 +19,8 @@ pub enum ProxyError {
     #[error("failed to read the request body: {0}")]
     RequestBody(String),
     #[error(
-        "unknown path {path}; this sidecar serves POST /v1/chat/completions and GET /v1/models"
+        "unknown path {path}; this sidecar serves POST /v1/chat/completions, POST /v1/messages, \
+         POST /v1/messages/count_tokens and GET /v1/models"
     )]
     UnknownPath { path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -152,6 +153,46 @@ impl ProxyError {
                 "param": self.param(),
             }
         })
+    }
+
+    /// Anthropic error `type` for the same cases: one exhaustive mapping, with the
+    /// status from [`ProxyError::classify`].
+    pub fn anthropic_type(&self) -> &'static str {
+        match self {
+            ProxyError::InvalidJson(_)
+            | ProxyError::InvalidRequest(_)
+            | ProxyError::RequestBody(_)
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::ContextOverBudget { .. } => "invalid_request_error",
+            ProxyError::RequestTooLarge { .. } => "request_too_large",
+            ProxyError::UnknownPath { .. } => "not_found_error",
+            ProxyError::Blocked { .. } | ProxyError::ApprovalRequired { .. } => "permission_error",
+            ProxyError::StoreUnavailable { .. } => "overloaded_error",
+            ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::UpstreamUnavailable { .. }
+            | ProxyError::UpstreamInvalid { .. }
+            | ProxyError::UpstreamTooLarge { .. } => "api_error",
+        }
+    }
+
+    /// Renders the error as an Anthropic-style JSON body,
+    /// `{"type": "error", "error": {"type", "message"}}`. The message names the
+    /// offending field for an invalid request.
+    pub fn to_anthropic_body(&self) -> serde_json::Value {
+        let message = match self.param() {
+            Some(param) if !self.to_string().contains(param) => format!("{param}: {self}"),
+            _ => self.to_string(),
+        };
+        json!({
+            "type": "error",
+            "error": {"type": self.anthropic_type(), "message": message},
+        })
+    }
+
+    /// Builds the HTTP response for an Anthropic client.
+    pub fn into_anthropic_response(self) -> Response {
+        let (status, _, _) = self.classify();
+        (status, axum::Json(self.to_anthropic_body())).into_response()
     }
 }
 

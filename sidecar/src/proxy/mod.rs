@@ -1,10 +1,12 @@
 //! The model proxy: an HTTP server on loopback that speaks the providers' APIs, guards
 //! each request and response, and forwards to the configured upstream.
 
+mod anthropic;
 mod conversation;
 pub mod error;
 mod openai;
 mod openai_stream;
+mod reply;
 pub mod upstream;
 
 pub use conversation::UpstreamSummarizer;
@@ -39,6 +41,7 @@ pub struct ProxyState {
     /// The enforced policy; each request takes one snapshot at its start.
     pub guard: Arc<GuardHandle>,
     pub openai: Upstream,
+    pub anthropic: Upstream,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn ConversationStore>,
     /// Key that seals pseudonym vault entries at rest.
@@ -57,6 +60,14 @@ pub fn router(state: ProxyState) -> Router {
         .route(
             "/v1/chat/completions",
             post(openai::chat_completions).fallback(openai::method_not_allowed),
+        )
+        .route(
+            "/v1/messages",
+            post(anthropic::messages).fallback(anthropic::method_not_allowed),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(anthropic::count_tokens).fallback(anthropic::method_not_allowed),
         )
         .route(
             "/v1/models",

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
@@ -13,11 +13,13 @@ use serde_json::Value;
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
 use super::openai_stream::{self, StreamContext};
+use super::reply::{
+    Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
+};
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
 use crate::context::context_overflow;
 use crate::dialect::openai::{self as dialect, ParseError};
-use crate::guard::Verdict;
 use crate::policy::Policy;
 use crate::policy::spec::BlockResponse;
 
@@ -265,31 +267,6 @@ fn assemble_stream(body: &[u8]) -> Result<Collected, ProxyError> {
     Ok(Collected(assembly.to_completion(), error))
 }
 
-/// The rule behind a blocking verdict.
-struct Block {
-    rule: String,
-    kind: &'static str,
-    escalate: bool,
-}
-
-impl Block {
-    fn from_verdict(verdict: &Verdict) -> Option<Block> {
-        match verdict {
-            Verdict::Block { rule, kind } => Some(Block {
-                rule: rule.to_string(),
-                kind: kind.as_str(),
-                escalate: false,
-            }),
-            Verdict::Escalate { rule, kind } => Some(Block {
-                rule: rule.to_string(),
-                kind: kind.as_str(),
-                escalate: true,
-            }),
-            Verdict::Allow | Verdict::Transform => None,
-        }
-    }
-}
-
 /// Builds the reply to a blocked request or response. The policy chooses a refusal, in the
 /// shape the client requested (JSON or an event stream), or an error.
 fn blocked(
@@ -329,12 +306,6 @@ fn blocked(
     Ok(response)
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response {
-    let mut response = (status, axum::Json(value)).into_response();
-    *response.status_mut() = status;
-    response
-}
-
 /// Re-emits a completion as an event stream ending with `[DONE]`, or with the upstream's
 /// error event when the stream carried one.
 fn event_stream(
@@ -352,52 +323,7 @@ fn event_stream(
         None => crate::sse::encode_data("[DONE]", &mut body),
     }
     let mut response = Response::new(Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    set_header(headers, VERDICT_HEADER, verdict);
-    if let Some(rule) = rule {
-        set_header(headers, BLOCKED_RULE_HEADER, rule);
-    }
-    response
-}
-
-fn set_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
-
-/// Provider headers worth keeping on a rewritten response: request ids and rate limits.
-pub(super) fn copy_provider_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        let name_str = name.as_str();
-        if name_str.starts_with("x-ratelimit-")
-            || name_str == "x-request-id"
-            || name_str == "openai-processing-ms"
-            || name_str == "openai-version"
-        {
-            to.insert(name.clone(), value.clone());
-        }
-    }
-}
-
-/// Returns an upstream response unchanged, minus hop-by-hop headers.
-fn passthrough(upstream: UpstreamResponse) -> Response {
-    let mut response = Response::new(Body::from(upstream.body));
-    *response.status_mut() = upstream.status;
-    for (name, value) in &upstream.headers {
-        if matches!(
-            name,
-            &header::CONNECTION | &header::TRANSFER_ENCODING | &header::CONTENT_LENGTH
-        ) {
-            continue;
-        }
-        response.headers_mut().append(name.clone(), value.clone());
-    }
+    event_stream_headers(response.headers_mut(), verdict, rule);
     response
 }
 

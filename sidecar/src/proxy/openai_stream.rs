@@ -140,7 +140,7 @@ pub(super) async fn stream_chat(
     // Tells nginx-style proxies in front of the client not to buffer the stream.
     out.insert("x-accel-buffering", HeaderValue::from_static("no"));
     out.insert(VERDICT_HEADER, HeaderValue::from_static("streaming"));
-    super::openai::copy_provider_headers(&provider_headers, out);
+    super::reply::copy_provider_headers(&provider_headers, out);
     Ok(client_response)
 }
 

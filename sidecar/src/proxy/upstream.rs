@@ -46,11 +46,23 @@ impl UpstreamResponse {
     }
 }
 
+/// Scheme for sending the provider key that the sidecar holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// `Authorization: Bearer KEY` (OpenAI and compatible servers).
+    Bearer,
+    /// The key as the whole value of the named header, such as Anthropic's `x-api-key`.
+    Header(&'static str),
+}
+
 /// Sends requests to one provider and reads responses under a size limit.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: &'static str,
     provider: Provider,
+    credential: Credential,
+    /// Headers sent when the client sent none of that name.
+    default_headers: Vec<(&'static str, &'static str)>,
     /// Maximum wait for the next chunk of a streamed body.
     pub stream_idle_timeout: Duration,
     client: reqwest::Client,
@@ -69,11 +81,25 @@ impl Upstream {
         Upstream {
             name,
             provider,
+            credential: Credential::Bearer,
+            default_headers: Vec::new(),
             stream_idle_timeout: request_timeout,
             client,
             request_timeout,
             max_response_body_bytes,
         }
+    }
+
+    /// Sets how the provider key is sent.
+    pub fn with_credential(mut self, credential: Credential) -> Upstream {
+        self.credential = credential;
+        self
+    }
+
+    /// Adds a header sent upstream when the client sent none of that name.
+    pub fn with_default_header(mut self, name: &'static str, value: &'static str) -> Upstream {
+        self.default_headers.push((name, value));
+        self
     }
 
     /// Builds the provider URL for `path` (relative to the base URL, such as
@@ -200,19 +226,31 @@ impl Upstream {
     /// credential when it has one.
     fn upstream_headers(&self, client_headers: &HeaderMap) -> Result<HeaderMap, ProxyError> {
         let mut headers = forwardable_headers(client_headers);
-        if let Some((key, _)) = &self.provider.api_key {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-                    ProxyError::UpstreamUnavailable {
-                        provider: self.name,
-                        reason:
-                            "the configured API key contains characters not allowed in a header"
-                                .to_owned(),
-                    }
-                })?;
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
+        for (name, value) in &self.default_headers {
+            if !headers.contains_key(*name) {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
         }
+        let Some((key, _)) = &self.provider.api_key else {
+            return Ok(headers);
+        };
+        let (name, value) = match self.credential {
+            Credential::Bearer => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            Credential::Header(name) => {
+                // The client's placeholder credential must not reach the provider
+                // next to the sidecar's.
+                headers.remove(header::AUTHORIZATION);
+                (HeaderName::from_static(name), key.expose().to_owned())
+            }
+        };
+        let mut value =
+            HeaderValue::from_str(&value).map_err(|_| ProxyError::UpstreamUnavailable {
+                provider: self.name,
+                reason: "the configured API key contains characters not allowed in a header"
+                    .to_owned(),
+            })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
         Ok(headers)
     }
 

@@ -215,6 +215,12 @@ pub fn encode_data(data: &str, out: &mut String) {
     out.push('\n');
 }
 
+/// Encodes one event with an `event:` name line, as Anthropic's streams carry.
+pub fn encode_named(name: &str, data: &str, out: &mut String) {
+    let _ = writeln!(out, "event: {name}");
+    encode_data(data, out);
+}
+
 /// Encodes a frame in the canonical form: LF endings, one space after each colon.
 pub fn encode_frame(frame: &Frame, out: &mut String) {
     match frame {

@@ -2,10 +2,64 @@
 //! piece of text as soon as no rule could still match across it.
 //!
 //! The engine is dialect-neutral: [`text::TextStream`] guards one text channel, and a
-//! dialect adapter ([`openai::OpenAiStream`]) maps the provider's events onto channels and
-//! tool calls and re-encodes what may be released.
+//! dialect adapter ([`openai::OpenAiStream`], [`anthropic::AnthropicStream`]) maps the
+//! provider's events onto channels and tool calls and re-encodes what may be released.
+//! Both adapters implement [`GuardedStream`], which the proxy's stream pump drives.
 
+pub mod anthropic;
 pub mod openai;
 pub mod text;
 
 pub use text::{Release, StreamMode, TextStream};
+
+use crate::dialect::Message;
+use crate::guard::Finding;
+use crate::sse::Frame;
+
+/// The caller's next action after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The client's stream is complete (its last event, or a refusal, was sent).
+    Finished,
+    /// The client's stream ended with an error event; the turn is not complete.
+    Failed,
+}
+
+/// Cause of a stream ending with an error event, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamError {
+    Blocked { rule: String },
+    Upstream(String),
+}
+
+/// A dialect's streaming guard, as the proxy drives it: upstream frames in, the bytes
+/// the client receives out (appended to `out`).
+pub trait GuardedStream: Send + 'static {
+    /// Handles one upstream frame.
+    fn on_frame(&mut self, frame: Frame, out: &mut String) -> Flow;
+
+    /// Handles the end of the upstream body; a stream that ends before its last event
+    /// ends the client's stream with an error event.
+    fn on_upstream_end(&mut self, out: &mut String) -> Flow;
+
+    /// Ends the client's stream with an error event after text still held back was
+    /// checked and released. `code` is the sidecar's error code, such as
+    /// `upstream_timeout`.
+    fn fail(&mut self, out: &mut String, message: &str, code: &str) -> Flow;
+
+    /// Findings since the last call, for metrics.
+    fn take_findings(&mut self) -> Vec<Finding>;
+
+    /// Times a channel's hold-back limit forced text out unguarded.
+    fn hold_back_overflows(&self) -> u64;
+
+    /// Whether the client's stream ended with an error event.
+    fn failed(&self) -> bool;
+
+    /// Input and output tokens, when the upstream reported them.
+    fn reported_usage(&self) -> Option<(u64, u64)>;
+
+    /// The response the client received, in the common model.
+    fn response_message(&self) -> Option<Message>;
+}

@@ -12,28 +12,16 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::GuardedStream;
 use super::text::{Release, StreamMode, TextStream};
-use crate::dialect::openai::{AssembledCall, StreamAssembly, guard_tool_calls, restore_tool_calls};
+pub use super::{Flow, StreamError};
+use crate::dialect::Message;
+use crate::dialect::openai::{
+    AssembledCall, StreamAssembly, guard_tool_calls, response_message, restore_tool_calls,
+};
 use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
 use crate::sse::{self, Frame};
-
-/// The caller's next action after a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// The client's stream is complete (`[DONE]` or a refusal was sent).
-    Finished,
-    /// The client's stream ended with an error event; the turn is not complete.
-    Failed,
-}
-
-/// Cause of a stream ending with an error event, for logs and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamError {
-    Blocked { rule: String },
-    Upstream(String),
-}
 
 #[derive(Debug)]
 struct ChoiceState {
@@ -503,6 +491,43 @@ impl OpenAiStream {
             out.push_str(&format!("retry: {retry}\n"));
         }
         sse::encode_data(&chunk.to_string(), out);
+    }
+}
+
+impl GuardedStream for OpenAiStream {
+    fn on_frame(&mut self, frame: Frame, out: &mut String) -> Flow {
+        OpenAiStream::on_frame(self, frame, out)
+    }
+
+    fn on_upstream_end(&mut self, out: &mut String) -> Flow {
+        OpenAiStream::on_upstream_end(self, out)
+    }
+
+    fn fail(&mut self, out: &mut String, message: &str, code: &str) -> Flow {
+        OpenAiStream::fail(self, out, message, code)
+    }
+
+    fn take_findings(&mut self) -> Vec<Finding> {
+        OpenAiStream::take_findings(self)
+    }
+
+    fn hold_back_overflows(&self) -> u64 {
+        OpenAiStream::hold_back_overflows(self)
+    }
+
+    fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    fn reported_usage(&self) -> Option<(u64, u64)> {
+        let usage = self.usage.as_ref()?;
+        let input = usage.get("prompt_tokens")?.as_u64()?;
+        let output = usage.get("completion_tokens")?.as_u64()?;
+        Some((input, output))
+    }
+
+    fn response_message(&self) -> Option<Message> {
+        response_message(&self.released_completion())
     }
 }
 

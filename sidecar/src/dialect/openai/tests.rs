@@ -3,6 +3,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::guard::Outcome;
 use crate::guard::pii::HashKey;
 use crate::policy::Policy;
 use crate::policy::load::{PolicySource, parse_sources};

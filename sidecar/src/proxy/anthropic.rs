@@ -1,0 +1,365 @@
+//! Handlers for the Anthropic Messages API (`ANTHROPIC_BASE_URL=http://127.0.0.1:14100`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Method, Request, StatusCode, Uri};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::conversation::{self, TurnContext};
+use super::error::ProxyError;
+use super::openai_stream::StreamContext;
+use super::reply::{
+    Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
+};
+use super::upstream::UpstreamResponse;
+use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
+use crate::context::TokenCounter;
+use crate::dialect::anthropic::{self as dialect, Endpoint, MessagesRequest, ParseError};
+use crate::policy::Policy;
+use crate::policy::spec::BlockResponse;
+
+const ROUTE_MESSAGES: &str = "messages";
+const ROUTE_COUNT_TOKENS: &str = "count_tokens";
+/// Path of the Messages API below the upstream's base URL.
+const MESSAGES_PATH: &str = "v1/messages";
+
+/// `POST /v1/messages`.
+pub async fn messages(State(state): State<ProxyState>, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let response = match handle_messages(&state, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(code = error.classify().2, "messages request failed");
+            error.into_anthropic_response()
+        }
+    };
+    state.metrics.record_request(
+        ROUTE_MESSAGES,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, ProxyError> {
+    dialect::parse_request(body, endpoint).map_err(|e| match e {
+        ParseError::Json(message) => ProxyError::InvalidJson(message),
+        ParseError::Schema(invalid) => ProxyError::InvalidRequest(invalid),
+    })
+}
+
+async fn handle_messages(
+    state: &ProxyState,
+    request: Request<Body>,
+) -> Result<Response, ProxyError> {
+    let query = request.uri().query().map(str::to_owned);
+    let headers = request.headers().clone();
+    let body = read_body(request, state.max_request_body_bytes).await?;
+    let mut messages = parse(&body, Endpoint::Messages)?;
+
+    // One snapshot for the whole request: a policy reload while it runs does not change
+    // the rules it is checked against.
+    let enforced = state.guard.current();
+    let policy = enforced.policy().clone();
+    let conversation = conversation::open(state, &policy, &headers, &messages.body).await?;
+    let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
+    let input = dialect::guard_request(&guard, &mut messages);
+    state
+        .metrics
+        .record_findings(&policy.identity, &input.findings);
+    tracing::debug!(
+        model = %messages.model,
+        verdict = input.verdict.as_str(),
+        findings = input.findings.len(),
+        policy = %policy.identity.name,
+        "input guardrails evaluated"
+    );
+    if let Some(block) = Block::from_verdict(&input.verdict) {
+        return blocked(&policy, &messages.model, messages.stream, block, None);
+    }
+
+    // TODO: spec.context is not applied to Anthropic requests yet: fitting must keep
+    // tool_use and tool_result pairs together and put a summary into `system`.
+    let request_messages = dialect::request_messages(&messages);
+    let turn = conversation.id.clone().map(|id| TurnContext {
+        id,
+        stored: conversation.stored,
+        budget: None,
+    });
+    let context = StreamContext {
+        guard,
+        model: messages.model.clone(),
+        turn,
+        request_messages,
+    };
+    let forwarded = Bytes::from(serde_json::to_vec(&messages.body).map_err(|e| {
+        ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
+            param: None,
+            message: format!("cannot encode the guarded request: {e}"),
+        })
+    })?);
+    let upstream = state
+        .anthropic
+        .send(
+            Method::POST,
+            MESSAGES_PATH,
+            query.as_deref(),
+            &headers,
+            Some(forwarded),
+            &state.metrics,
+        )
+        .await?;
+    finish_whole(state, upstream, &context).await
+}
+
+/// Guards a response read whole (a JSON message, or an event stream read to its end)
+/// and responds to the client in the same form.
+async fn finish_whole(
+    state: &ProxyState,
+    upstream: UpstreamResponse,
+    context: &StreamContext,
+) -> Result<Response, ProxyError> {
+    if !upstream.status.is_success() {
+        // Provider errors already have Anthropic's shape; pass them on unchanged.
+        return Ok(passthrough(upstream));
+    }
+    let guard = &context.guard;
+    let policy = guard.policy().clone();
+    let streamed = upstream.is_event_stream();
+    let (mut message, stream_error) = if streamed {
+        assemble_stream(&upstream.body)?
+    } else {
+        let value = serde_json::from_slice::<Value>(&upstream.body).map_err(|e| {
+            ProxyError::UpstreamInvalid {
+                provider: state.anthropic.name,
+                reason: format!("response is not JSON: {e}"),
+            }
+        })?;
+        (value, None)
+    };
+    let output = dialect::guard_response(guard, &mut message);
+    state
+        .metrics
+        .record_findings(&policy.identity, &output.findings);
+    tracing::debug!(
+        model = %context.model,
+        verdict = output.verdict.as_str(),
+        findings = output.findings.len(),
+        policy = %policy.identity.name,
+        "output guardrails evaluated"
+    );
+    if let Some(block) = Block::from_verdict(&output.verdict) {
+        return blocked(&policy, &context.model, streamed, block, Some(message));
+    }
+    record_usage(state, context, message.get("usage"), &message);
+    let stored_response = dialect::response_message(&message);
+    dialect::restore_response(guard, &mut message);
+    // A stream that ended with an error event is not a complete turn.
+    if let (Some(turn), None) = (&context.turn, &stream_error) {
+        conversation::record_turn(
+            state,
+            guard,
+            turn,
+            &context.model,
+            &context.request_messages,
+            stored_response,
+        )
+        .await;
+    }
+
+    let verdict = output.verdict.as_str();
+    if streamed {
+        return Ok(event_stream(&message, stream_error, verdict, None));
+    }
+    let mut response = json_response(upstream.status, &message);
+    copy_provider_headers(&upstream.headers, response.headers_mut());
+    set_header(response.headers_mut(), VERDICT_HEADER, verdict);
+    Ok(response)
+}
+
+/// Collects an event stream read whole into one message, plus the upstream's error
+/// event when the stream carried one.
+fn assemble_stream(body: &[u8]) -> Result<(Value, Option<Value>), ProxyError> {
+    let invalid = |reason: String| ProxyError::UpstreamInvalid {
+        provider: "anthropic",
+        reason,
+    };
+    let text =
+        std::str::from_utf8(body).map_err(|_| invalid("event stream is not UTF-8".to_owned()))?;
+    let events = crate::sse::parse(text, crate::sse::DEFAULT_MAX_EVENT_BYTES)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut assembly = dialect::MessageAssembly::default();
+    for event in events {
+        let payload: Value = serde_json::from_str(&event.data)
+            .map_err(|e| invalid(format!("stream event is not JSON: {e}")))?;
+        assembly.push(&payload);
+    }
+    let error = assembly.error.take();
+    Ok((assembly.to_message(), error))
+}
+
+/// Builds the reply to a blocked request or response. The policy chooses a refusal, in
+/// the shape the client requested (JSON or an event stream), or a `permission_error`.
+fn blocked(
+    policy: &Policy,
+    model: &str,
+    streamed: bool,
+    block: Block,
+    upstream_message: Option<Value>,
+) -> Result<Response, ProxyError> {
+    let Block {
+        rule,
+        kind,
+        escalate,
+    } = block;
+    tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
+    if policy.on_block == BlockResponse::Error {
+        return Err(if escalate {
+            ProxyError::ApprovalRequired { rule, kind }
+        } else {
+            ProxyError::Blocked { rule, kind }
+        });
+    }
+    let message = match upstream_message {
+        Some(mut message) => {
+            dialect::replace_with_refusal(&mut message, &policy.refusal);
+            message
+        }
+        None => dialect::refusal_message(model, &policy.refusal),
+    };
+    let mut response = if streamed {
+        event_stream(&message, None, "block", Some(&rule))
+    } else {
+        json_response(StatusCode::OK, &message)
+    };
+    set_header(response.headers_mut(), VERDICT_HEADER, "block");
+    set_header(response.headers_mut(), BLOCKED_RULE_HEADER, &rule);
+    Ok(response)
+}
+
+/// Re-emits a message as an event stream ending with `message_stop`, or with the
+/// upstream's error event in place of `message_delta` and `message_stop`.
+fn event_stream(
+    message: &Value,
+    error: Option<Value>,
+    verdict: &str,
+    rule: Option<&str>,
+) -> Response {
+    let mut events = dialect::message_to_events(message);
+    if error.is_some() {
+        events.truncate(events.len().saturating_sub(2));
+    }
+    let mut body = String::new();
+    for (name, payload) in events {
+        crate::sse::encode_named(name, &payload.to_string(), &mut body);
+    }
+    if let Some(error) = error {
+        crate::sse::encode_named("error", &error.to_string(), &mut body);
+    }
+    let mut response = Response::new(Body::from(body));
+    event_stream_headers(response.headers_mut(), verdict, rule);
+    response
+}
+
+/// Records token usage: the upstream's figures when it reported them, else the
+/// sidecar's own estimate.
+fn record_usage(
+    state: &ProxyState,
+    context: &StreamContext,
+    usage: Option<&Value>,
+    message: &Value,
+) {
+    if let Some(usage) = usage.and_then(dialect::read_usage) {
+        state
+            .metrics
+            .record_tokens(&context.model, usage.input, usage.output, "upstream");
+        return;
+    }
+    let counter = TokenCounter::for_model(&context.model);
+    let input = counter.messages(&context.request_messages);
+    let output = dialect::response_message(message).map_or(0, |m| counter.message(&m));
+    state.metrics.record_tokens(
+        &context.model,
+        u64::from(input),
+        u64::from(output),
+        "sidecar",
+    );
+}
+
+/// Estimates a request's input tokens: its system prompt and messages in the common
+/// model, plus its tool definitions counted as Chat Completions functions. Anthropic's
+/// tokenizer is not public, so this is an estimate with cl100k_base.
+pub(super) fn estimate_input_tokens(request: &MessagesRequest) -> u32 {
+    let counter = TokenCounter::for_model(&request.model);
+    let messages = counter.messages(&dialect::request_messages(request));
+    let tools: Vec<Value> = request
+        .body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|tools| {
+            tools
+                .iter()
+                .map(|tool| {
+                    json!({"function": {
+                        "name": tool.get("name"),
+                        "description": tool.get("description"),
+                        "parameters": tool.get("input_schema"),
+                    }})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    messages.saturating_add(counter.openai_tools(&tools))
+}
+
+/// `POST /v1/messages/count_tokens`, counted by the sidecar itself without calling the
+/// upstream, so the request's content never leaves the pod. The count is an estimate.
+pub async fn count_tokens(State(state): State<ProxyState>, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let response = match handle_count_tokens(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_anthropic_response(),
+    };
+    state.metrics.record_request(
+        ROUTE_COUNT_TOKENS,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn handle_count_tokens(
+    state: &ProxyState,
+    request: Request<Body>,
+) -> Result<Response, ProxyError> {
+    let body = read_body(request, state.max_request_body_bytes).await?;
+    let request = parse(&body, Endpoint::CountTokens)?;
+    let tokens = estimate_input_tokens(&request);
+    let mut response = json_response(StatusCode::OK, &json!({"input_tokens": tokens}));
+    set_header(response.headers_mut(), VERDICT_HEADER, "allow");
+    Ok(response)
+}
+
+/// A method other than POST on an Anthropic path.
+pub async fn method_not_allowed(
+    State(state): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let response = ProxyError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_anthropic_response();
+    state.metrics.record_request(
+        "other",
+        response.status().as_u16(),
+        std::time::Duration::ZERO,
+    );
+    response
+}
