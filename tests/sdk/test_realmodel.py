@@ -152,9 +152,9 @@ def test_real_model_streamed_tool_call_arrives_whole(
     counted = [
         line
         for line in metrics.splitlines()
-        if line.startswith("agent_sidecar_gen_ai_tokens_total")
-        and 'source="sidecar"' in line
-        and 'token_type="output"' in line
+        if line.startswith("gen_ai_client_token_usage_sum")
+        and 'token_source="sidecar"' in line
+        and 'gen_ai_token_type="output"' in line
     ]
     assert counted, f"no sidecar-counted output tokens in metrics:\n{metrics}"
     assert float(counted[0].rsplit(" ", 1)[1]) > 0, counted[0]

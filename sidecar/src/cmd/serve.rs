@@ -17,6 +17,7 @@ use crate::health::{self, AdminState};
 use crate::policy::Policy;
 use crate::policy::reload::{DEFAULT_RELOAD_INTERVAL_MS, GuardHandle, PolicyWatcher};
 use crate::proxy::{self, ProxyState, upstream};
+use crate::state::metered::MeteredStore;
 use crate::state::vault::VaultKey;
 use crate::state::{self, ConversationStore};
 use crate::telemetry::metrics::Metrics;
@@ -140,6 +141,7 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     let store: Arc<dyn ConversationStore> =
         state::open(config.store.settings.clone(), config.store.redis.clone())
             .map_err(|e| e.to_string())?;
+    let store: Arc<dyn ConversationStore> = Arc::new(MeteredStore::new(store, metrics.clone()));
 
     log_credential_source("openai", &config.openai.api_key);
     log_credential_source("anthropic", &config.anthropic.api_key);

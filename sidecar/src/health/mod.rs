@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::policy::reload::GuardHandle;
 use crate::state::{Admission, ConversationStore, StoreStatus};
+use crate::telemetry::exposition;
 use crate::telemetry::metrics::Metrics;
 
 /// State the admin handlers read.
@@ -108,11 +109,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    let mut response = state.metrics.encode().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    state.metrics.observe_store(&state.store.health());
+    let (body, content_type) = exposition::negotiate(&headers, state.metrics.encode());
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
     response
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
+use super::openai::{GEN_AI_OPERATION_CHAT, record_call};
 use super::openai_stream::StreamContext;
 use super::reply::{
     Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
@@ -21,7 +22,8 @@ use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
 use crate::context::TokenCounter;
 use crate::dialect::anthropic::{self as dialect, Endpoint, MessagesRequest, ParseError};
 use crate::policy::Policy;
-use crate::policy::spec::BlockResponse;
+use crate::policy::spec::{BlockResponse, Direction};
+use crate::telemetry::metrics::GenAiCall;
 
 const ROUTE_MESSAGES: &str = "messages";
 const ROUTE_COUNT_TOKENS: &str = "count_tokens";
@@ -68,7 +70,13 @@ async fn handle_messages(
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &messages.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
+    let evaluation_started = Instant::now();
     let input = dialect::guard_request(&guard, &mut messages);
+    state.metrics.record_guard_evaluation(
+        &policy.identity,
+        Direction::Input,
+        evaluation_started.elapsed(),
+    );
     state
         .metrics
         .record_findings(&policy.identity, &input.findings);
@@ -96,6 +104,11 @@ async fn handle_messages(
         model: messages.model.clone(),
         turn,
         request_messages,
+        call: GenAiCall {
+            operation: GEN_AI_OPERATION_CHAT,
+            provider: state.anthropic.name,
+            model: messages.model.clone(),
+        },
     };
     let forwarded = Bytes::from(serde_json::to_vec(&messages.body).map_err(|e| {
         ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
@@ -103,7 +116,8 @@ async fn handle_messages(
             message: format!("cannot encode the guarded request: {e}"),
         })
     })?);
-    let upstream = state
+    let call_started = Instant::now();
+    let sent = state
         .anthropic
         .send(
             Method::POST,
@@ -113,8 +127,9 @@ async fn handle_messages(
             Some(forwarded),
             &state.metrics,
         )
-        .await?;
-    finish_whole(state, upstream, &context).await
+        .await;
+    record_call(state, &context.call, call_started, sent.as_ref());
+    finish_whole(state, sent?, &context).await
 }
 
 /// Guards a response read whole (a JSON message, or an event stream read to its end)
@@ -142,7 +157,13 @@ async fn finish_whole(
         })?;
         (value, None)
     };
+    let evaluation_started = Instant::now();
     let output = dialect::guard_response(guard, &mut message);
+    state.metrics.record_guard_evaluation(
+        &policy.identity,
+        Direction::Output,
+        evaluation_started.elapsed(),
+    );
     state
         .metrics
         .record_findings(&policy.identity, &output.findings);
@@ -277,14 +298,14 @@ fn record_usage(
     if let Some(usage) = usage.and_then(dialect::read_usage) {
         state
             .metrics
-            .record_tokens(&context.model, usage.input, usage.output, "upstream");
+            .record_tokens(&context.call, usage.input, usage.output, "upstream");
         return;
     }
     let counter = TokenCounter::for_model(&context.model);
     let input = counter.messages(&context.request_messages);
     let output = dialect::response_message(message).map_or(0, |m| counter.message(&m));
     state.metrics.record_tokens(
-        &context.model,
+        &context.call,
         u64::from(input),
         u64::from(output),
         "sidecar",

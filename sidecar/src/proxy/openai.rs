@@ -21,7 +21,8 @@ use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
 use crate::context::context_overflow;
 use crate::dialect::openai::{self as dialect, ParseError};
 use crate::policy::Policy;
-use crate::policy::spec::BlockResponse;
+use crate::policy::spec::{BlockResponse, Direction};
+use crate::telemetry::metrics::GenAiCall;
 
 const ROUTE_CHAT: &str = "chat_completions";
 
@@ -56,7 +57,13 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &chat.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
+    let evaluation_started = Instant::now();
     let input = dialect::guard_request(&guard, &mut chat);
+    state.metrics.record_guard_evaluation(
+        &policy.identity,
+        Direction::Input,
+        evaluation_started.elapsed(),
+    );
     state
         .metrics
         .record_findings(&policy.identity, &input.findings);
@@ -82,6 +89,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
             let budget = conversation::budget(state, context, &chat.body);
             match conversation::fit_body(&mut chat.body, budget, context.strategy, summary) {
                 Ok(fitted) => {
+                    state.metrics.record_context_tokens(fitted.tokens);
                     if let Some(action) = fitted.action {
                         state.metrics.record_context_action(action);
                     }
@@ -106,6 +114,11 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         model: chat.model.clone(),
         turn,
         request_messages,
+        call: GenAiCall {
+            operation: GEN_AI_OPERATION_CHAT,
+            provider: state.openai.name,
+            model: chat.model.clone(),
+        },
     };
     let strip_usage = chat.stream && openai_stream::request_usage(&mut chat);
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
@@ -126,11 +139,40 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         )
         .await;
     }
-    let mut upstream = send_chat(state, forwarded.clone(), query.as_deref(), &headers).await?;
-    if let Some(retry) = overflow_retry(state, &upstream, compaction.as_ref(), &forwarded) {
-        upstream = send_chat(state, retry, query.as_deref(), &headers).await?;
+    let call_started = Instant::now();
+    let mut sent = send_chat(state, forwarded.clone(), query.as_deref(), &headers).await;
+    if let Ok(upstream) = &sent {
+        if let Some(retry) = overflow_retry(state, upstream, compaction.as_ref(), &forwarded) {
+            sent = send_chat(state, retry, query.as_deref(), &headers).await;
+        }
     }
-    finish_whole(state, upstream, &context).await
+    record_call(state, &context.call, call_started, sent.as_ref());
+    finish_whole(state, sent?, &context).await
+}
+
+/// Operation name of chat completions in the GenAI conventions (`gen_ai.operation.name`).
+pub(super) const GEN_AI_OPERATION_CHAT: &str = "chat";
+
+/// Records the duration of a model call read whole, with the HTTP status or the
+/// sidecar's error code as its error type.
+pub(super) fn record_call(
+    state: &ProxyState,
+    call: &GenAiCall,
+    started: Instant,
+    result: Result<&UpstreamResponse, &ProxyError>,
+) {
+    let status;
+    let error_type = match result {
+        Ok(upstream) if upstream.status.is_success() => None,
+        Ok(upstream) => {
+            status = upstream.status.as_u16().to_string();
+            Some(status.as_str())
+        }
+        Err(error) => Some(error.classify().2),
+    };
+    state
+        .metrics
+        .record_gen_ai_call(call, started.elapsed(), error_type);
 }
 
 async fn send_chat(
@@ -198,7 +240,13 @@ pub(super) async fn finish_whole(
         })?;
         Collected(value, None)
     };
+    let evaluation_started = Instant::now();
     let output = dialect::guard_response(guard, &mut completion.0);
+    state.metrics.record_guard_evaluation(
+        &policy.identity,
+        Direction::Output,
+        evaluation_started.elapsed(),
+    );
     state
         .metrics
         .record_findings(&policy.identity, &output.findings);

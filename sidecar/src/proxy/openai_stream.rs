@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -18,10 +19,11 @@ use super::{ProxyState, VERDICT_HEADER};
 use crate::context::tokens::TokenCounter;
 use crate::dialect::openai::{self as dialect, ChatRequest};
 use crate::guard::Guard;
-use crate::policy::spec::StreamGuardMode;
+use crate::policy::spec::{Direction, StreamGuardMode};
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, Decoder};
 use crate::stream::StreamMode;
 use crate::stream::openai::{Flow, OpenAiStream};
+use crate::telemetry::metrics::GenAiCall;
 
 /// Released pieces queued for the client before the reader waits; a slow client slows
 /// the upstream read instead of growing memory.
@@ -35,6 +37,8 @@ pub(super) struct StreamContext {
     pub turn: Option<TurnContext>,
     /// The guarded request messages in the common model, before any context fitting.
     pub request_messages: Vec<crate::dialect::Message>,
+    /// The model call, as GenAI metrics describe it.
+    pub call: GenAiCall,
 }
 
 /// Asks the upstream for usage in the stream. Returns true when the sidecar added the
@@ -73,7 +77,8 @@ pub(super) async fn stream_chat(
     compaction: Option<Compaction>,
     context: StreamContext,
 ) -> Result<Response, ProxyError> {
-    let mut response = state
+    let call_started = Instant::now();
+    let opened = state
         .openai
         .open(
             Method::POST,
@@ -82,7 +87,14 @@ pub(super) async fn stream_chat(
             headers,
             body.clone(),
         )
-        .await?;
+        .await;
+    let mut response = match opened {
+        Ok(response) => response,
+        Err(error) => {
+            super::openai::record_call(state, &context.call, call_started, Err(&error));
+            return Err(error);
+        }
+    };
     let mut retried = false;
     loop {
         let is_event_stream = response
@@ -93,14 +105,16 @@ pub(super) async fn stream_chat(
         if response.status().is_success() && is_event_stream {
             break;
         }
-        let whole = state.openai.read_whole(response).await?;
-        let retry = if retried {
-            None
-        } else {
-            super::openai::overflow_retry(state, &whole, compaction.as_ref(), &body)
+        let whole = state.openai.read_whole(response).await;
+        let retry = match (&whole, retried) {
+            (Ok(whole), false) => {
+                super::openai::overflow_retry(state, whole, compaction.as_ref(), &body)
+            }
+            _ => None,
         };
         let Some(retry) = retry else {
-            return super::openai::finish_whole(state, whole, &context).await;
+            super::openai::record_call(state, &context.call, call_started, whole.as_ref());
+            return super::openai::finish_whole(state, whole?, &context).await;
         };
         retried = true;
         response = state
@@ -122,7 +136,14 @@ pub(super) async fn stream_chat(
         strip_usage,
     );
     let (sender, receiver) = mpsc::channel::<Bytes>(CLIENT_QUEUE_DEPTH);
-    tokio::spawn(pump(state.clone(), response, guarded, sender, context));
+    tokio::spawn(pump(
+        state.clone(),
+        response,
+        guarded,
+        sender,
+        context,
+        call_started,
+    ));
 
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver
@@ -152,6 +173,7 @@ async fn pump(
     mut guarded: OpenAiStream,
     sender: mpsc::Sender<Bytes>,
     context: StreamContext,
+    call_started: Instant,
 ) {
     let policy = context.guard.policy().clone();
     let idle = state.openai.stream_idle_timeout;
@@ -160,12 +182,25 @@ async fn pump(
     let mut frames = Vec::new();
     let mut out = String::new();
     let mut client_gone = false;
+    let mut first_chunk = true;
+    // Upstream failure code for the GenAI duration metric; a guardrail block is not one.
+    let mut error_type: Option<&'static str> = None;
+    // Time spent in the streaming guard, summed over the stream's events.
+    let mut evaluation = Duration::ZERO;
 
     let flow = loop {
         let next = tokio::time::timeout(idle, upstream.next()).await;
+        if first_chunk && matches!(next, Ok(Some(Ok(_)))) {
+            first_chunk = false;
+            state
+                .metrics
+                .record_time_to_first_chunk(&context.call, call_started.elapsed());
+        }
+        let evaluation_started = Instant::now();
         let flow = match next {
             Err(_) => {
                 tracing::warn!(provider = state.openai.name, "upstream stream went idle");
+                error_type = Some("upstream_timeout");
                 guarded.fail(
                     &mut out,
                     "upstream sent nothing within the idle timeout",
@@ -180,6 +215,7 @@ async fn pump(
             }
             Ok(Some(Err(error))) => {
                 tracing::warn!(provider = state.openai.name, error = %error, "upstream stream failed");
+                error_type = Some("upstream_unavailable");
                 guarded.fail(
                     &mut out,
                     "upstream connection failed during the stream",
@@ -189,6 +225,7 @@ async fn pump(
             Ok(Some(Ok(bytes))) => match decoder.feed(&bytes, &mut frames) {
                 Err(error) => {
                     tracing::warn!(provider = state.openai.name, error = %error, "upstream stream is not a valid event stream");
+                    error_type = Some("upstream_invalid_response");
                     guarded.fail(
                         &mut out,
                         &format!("upstream stream is invalid: {error}"),
@@ -208,6 +245,7 @@ async fn pump(
                 }
             },
         };
+        evaluation += evaluation_started.elapsed();
         state
             .metrics
             .record_findings(&policy.identity, &guarded.take_findings());
@@ -228,6 +266,12 @@ async fn pump(
         }
     };
 
+    state
+        .metrics
+        .record_gen_ai_call(&context.call, call_started.elapsed(), error_type);
+    state
+        .metrics
+        .record_guard_evaluation(&policy.identity, Direction::Output, evaluation);
     let overflows = guarded.hold_back_overflows();
     if overflows > 0 {
         state
@@ -275,7 +319,7 @@ pub(super) fn record_usage(
     if let Some((input, output)) = reported {
         state
             .metrics
-            .record_tokens(&context.model, input, output, "upstream");
+            .record_tokens(&context.call, input, output, "upstream");
         return;
     }
     let counter = TokenCounter::for_model(&context.model);
@@ -284,7 +328,7 @@ pub(super) fn record_usage(
         .map(|message| counter.message(&message))
         .unwrap_or(0);
     state.metrics.record_tokens(
-        &context.model,
+        &context.call,
         u64::from(input),
         u64::from(output),
         "sidecar",

@@ -9,6 +9,7 @@
 
 pub mod id;
 pub mod memory;
+pub mod metered;
 pub mod record;
 pub mod redis;
 pub mod vault;

@@ -1,7 +1,14 @@
 //! Prometheus metric families, all defined here so names, units and labels stay
 //! consistent. Labels never carry conversation ids, user ids or message content.
+//!
+//! The sidecar's own families carry the `agent_sidecar_` prefix. The GenAI families use
+//! the names of the OpenTelemetry GenAI semantic conventions (`gen-ai-metrics.md` of
+//! open-telemetry/semantic-conventions) as the OpenTelemetry Prometheus exporter renders them:
+//! dots become underscores and the unit becomes a suffix, so dashboards built for
+//! other GenAI clients work unchanged.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,7 +20,9 @@ use prometheus_client::registry::Registry;
 
 use crate::guard::Finding;
 use crate::policy::reload::ReloadOutcome;
+use crate::policy::spec::Direction;
 use crate::policy::{Policy, PolicyIdentity};
+use crate::state::{StoreHealth, StoreStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -47,11 +56,56 @@ pub struct RouteLabels {
     pub route: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TokenLabels {
+/// One call to a model, described by the GenAI conventions' required attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenAiCall {
+    /// `gen_ai.operation.name`, such as `chat`.
+    pub operation: &'static str,
+    /// `gen_ai.provider.name`, such as `openai`.
+    pub provider: &'static str,
+    /// `gen_ai.request.model`: the model the request names.
     pub model: String,
-    pub token_type: String,
-    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiLabels {
+    pub gen_ai_operation_name: String,
+    pub gen_ai_provider_name: String,
+    pub gen_ai_request_model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiDurationLabels {
+    pub gen_ai_operation_name: String,
+    pub gen_ai_provider_name: String,
+    pub gen_ai_request_model: String,
+    /// Empty when the call succeeded, which Prometheus treats as no label.
+    pub error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiTokenLabels {
+    pub gen_ai_operation_name: String,
+    pub gen_ai_provider_name: String,
+    pub gen_ai_request_model: String,
+    /// `input` or `output`.
+    pub gen_ai_token_type: String,
+    /// `upstream` when the provider reported the count, `sidecar` when the sidecar
+    /// counted the tokens itself.
+    pub token_source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardEvaluationLabels {
+    pub direction: String,
+    pub policy: String,
+    pub policy_hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOperationLabels {
+    pub operation: String,
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,7 +143,17 @@ pub struct Metrics {
     request_duration: Family<RouteLabels, Histogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
     upstream_duration: Family<ProviderLabels, Histogram>,
-    tokens: Family<TokenLabels, Counter>,
+    gen_ai_tokens: Family<GenAiTokenLabels, Histogram>,
+    gen_ai_duration: Family<GenAiDurationLabels, Histogram>,
+    gen_ai_first_chunk: Family<GenAiLabels, Histogram>,
+    guard_duration: Family<GuardEvaluationLabels, Histogram>,
+    context_tokens: Histogram,
+    store_operations: Family<StoreOperationLabels, Counter>,
+    store_buffered_turns: Gauge,
+    store_degraded: Gauge,
+    store_dropped_turns: Counter,
+    /// Model names already used as label values; see [`Metrics::model_label`].
+    models_seen: Mutex<HashSet<String>>,
     hold_back_overflows: Family<PolicyLabels, Counter>,
     context_actions: Family<ActionLabels, Counter>,
     summarizations: Family<OutcomeLabels, Counter>,
@@ -104,9 +168,64 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 4.0, 11))
 }
 
+/// Bucket boundaries the GenAI conventions give for `gen_ai.client.operation.duration`
+/// and time to first chunk: 0.01 s doubling to 81.92 s.
+fn gen_ai_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// Bucket boundaries the GenAI conventions give for `gen_ai.client.token.usage`: 1
+/// times powers of 4 up to 67,108,864 tokens.
+fn gen_ai_token_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 14))
+}
+
+/// 1 microsecond to about 1 second: a guardrail pass over chat text takes microseconds,
+/// and a slow one must still land in a bucket.
+fn guard_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_001, 4.0, 11))
+}
+
+/// Distinct model names kept as label values. Clients choose the model name, so a
+/// misbehaving agent could otherwise create a new series per request; names beyond
+/// this limit are counted under [`OTHER_MODEL`]. An agent typically calls a few models.
+pub const MAX_MODEL_LABELS: usize = 64;
+/// Label value for models beyond [`MAX_MODEL_LABELS`].
+pub const OTHER_MODEL: &str = "other";
+/// Model names are cut to this many bytes in labels.
+const MAX_MODEL_LABEL_BYTES: usize = 128;
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("agent_sidecar");
+        let mut root = Registry::default();
+        let gen_ai_tokens = Family::<GenAiTokenLabels, Histogram>::new_with_constructor(
+            gen_ai_token_histogram as fn() -> Histogram,
+        );
+        root.register(
+            "gen_ai_client_token_usage",
+            "Input and output tokens per model call (OpenTelemetry gen_ai.client.token.usage)",
+            gen_ai_tokens.clone(),
+        );
+        let gen_ai_duration = Family::<GenAiDurationLabels, Histogram>::new_with_constructor(
+            gen_ai_duration_histogram as fn() -> Histogram,
+        );
+        root.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "Time from sending a model call to its last byte (OpenTelemetry gen_ai.client.operation.duration)",
+            prometheus_client::registry::Unit::Seconds,
+            gen_ai_duration.clone(),
+        );
+        let gen_ai_first_chunk = Family::<GenAiLabels, Histogram>::new_with_constructor(
+            gen_ai_duration_histogram as fn() -> Histogram,
+        );
+        root.register_with_unit(
+            "gen_ai_client_operation_time_to_first_chunk",
+            "Time from sending a streamed model call to its first chunk (OpenTelemetry gen_ai.client.operation.time_to_first_chunk)",
+            prometheus_client::registry::Unit::Seconds,
+            gen_ai_first_chunk.clone(),
+        );
+
+        let registry = root.sub_registry_with_prefix("agent_sidecar");
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "guardrail_decisions",
@@ -143,11 +262,45 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             upstream_duration.clone(),
         );
-        let tokens = Family::<TokenLabels, Counter>::default();
+        let guard_duration = Family::<GuardEvaluationLabels, Histogram>::new_with_constructor(
+            guard_duration_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "guardrail_evaluation_duration",
+            "Time the guardrails took on one request or response, by direction",
+            prometheus_client::registry::Unit::Seconds,
+            guard_duration.clone(),
+        );
+        // 16 to 1,048,576 tokens, spanning small prompts to the largest context windows.
+        let context_tokens = Histogram::new(exponential_buckets(16.0, 4.0, 9));
         registry.register(
-            "gen_ai_tokens",
-            "Tokens per model and type (input, output); source is upstream (reported) or sidecar (counted)",
-            tokens.clone(),
+            "context_request_tokens",
+            "Input tokens of a request after fitting it into the policy's context budget",
+            context_tokens.clone(),
+        );
+        let store_operations = Family::<StoreOperationLabels, Counter>::default();
+        registry.register(
+            "store_operations",
+            "Conversation store operations by operation (load, append, save_summary) and outcome (success or the error kind)",
+            store_operations.clone(),
+        );
+        let store_buffered_turns = Gauge::default();
+        registry.register(
+            "store_buffered_turns",
+            "Turns waiting in the store's outage buffer",
+            store_buffered_turns.clone(),
+        );
+        let store_degraded = Gauge::default();
+        registry.register(
+            "store_degraded",
+            "1 while the conversation store is unreachable or replaying buffered turns",
+            store_degraded.clone(),
+        );
+        let store_dropped_turns = Counter::default();
+        registry.register(
+            "store_dropped_turns",
+            "Turns dropped because the store's outage buffer was full",
+            store_dropped_turns.clone(),
         );
         let hold_back_overflows = Family::<PolicyLabels, Counter>::default();
         registry.register(
@@ -187,13 +340,22 @@ impl Metrics {
             policy_reloads.clone(),
         );
         Arc::new(Metrics {
-            registry,
+            registry: root,
             decisions,
             requests,
             request_duration,
             upstream_requests,
             upstream_duration,
-            tokens,
+            gen_ai_tokens,
+            gen_ai_duration,
+            gen_ai_first_chunk,
+            guard_duration,
+            context_tokens,
+            store_operations,
+            store_buffered_turns,
+            store_degraded,
+            store_dropped_turns,
+            models_seen: Mutex::new(HashSet::new()),
             hold_back_overflows,
             context_actions,
             summarizations,
@@ -248,17 +410,123 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts tokens of one response; `source` is `upstream` when the provider reported
-    /// them and `sidecar` when the sidecar counted them itself.
-    pub fn record_tokens(&self, model: &str, input: u64, output: u64, source: &str) {
+    /// Returns the label value for `model`: the name itself, cut to a bounded length,
+    /// while fewer than [`MAX_MODEL_LABELS`] names have been seen, else [`OTHER_MODEL`].
+    fn model_label(&self, model: &str) -> String {
+        let mut end = model.len().min(MAX_MODEL_LABEL_BYTES);
+        while !model.is_char_boundary(end) {
+            end -= 1;
+        }
+        let model = &model[..end];
+        let mut seen = self
+            .models_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(model) {
+            return model.to_owned();
+        }
+        if seen.len() < MAX_MODEL_LABELS {
+            seen.insert(model.to_owned());
+            return model.to_owned();
+        }
+        OTHER_MODEL.to_owned()
+    }
+
+    fn gen_ai_labels(&self, call: &GenAiCall) -> GenAiLabels {
+        GenAiLabels {
+            gen_ai_operation_name: call.operation.to_owned(),
+            gen_ai_provider_name: call.provider.to_owned(),
+            gen_ai_request_model: self.model_label(&call.model),
+        }
+    }
+
+    /// Records the tokens of one model call; `source` is `upstream` when the provider
+    /// reported them and `sidecar` when the sidecar counted them itself.
+    pub fn record_tokens(&self, call: &GenAiCall, input: u64, output: u64, source: &str) {
+        let labels = self.gen_ai_labels(call);
         for (kind, count) in [("input", input), ("output", output)] {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    model: model.to_owned(),
-                    token_type: kind.to_owned(),
-                    source: source.to_owned(),
+            self.gen_ai_tokens
+                .get_or_create(&GenAiTokenLabels {
+                    gen_ai_operation_name: labels.gen_ai_operation_name.clone(),
+                    gen_ai_provider_name: labels.gen_ai_provider_name.clone(),
+                    gen_ai_request_model: labels.gen_ai_request_model.clone(),
+                    gen_ai_token_type: kind.to_owned(),
+                    token_source: source.to_owned(),
                 })
-                .inc_by(count);
+                .observe(count as f64);
+        }
+    }
+
+    /// Records the duration of one model call; `error_type` names the failure (an HTTP
+    /// status code or the sidecar's error code) and is `None` on success.
+    pub fn record_gen_ai_call(
+        &self,
+        call: &GenAiCall,
+        elapsed: Duration,
+        error_type: Option<&str>,
+    ) {
+        let labels = self.gen_ai_labels(call);
+        self.gen_ai_duration
+            .get_or_create(&GenAiDurationLabels {
+                gen_ai_operation_name: labels.gen_ai_operation_name,
+                gen_ai_provider_name: labels.gen_ai_provider_name,
+                gen_ai_request_model: labels.gen_ai_request_model,
+                error_type: error_type.unwrap_or_default().to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the time from sending a streamed call to its first chunk.
+    pub fn record_time_to_first_chunk(&self, call: &GenAiCall, elapsed: Duration) {
+        self.gen_ai_first_chunk
+            .get_or_create(&self.gen_ai_labels(call))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the time the guardrails took on one request or response.
+    pub fn record_guard_evaluation(
+        &self,
+        policy: &PolicyIdentity,
+        direction: Direction,
+        elapsed: Duration,
+    ) {
+        self.guard_duration
+            .get_or_create(&GuardEvaluationLabels {
+                direction: direction.as_str().to_owned(),
+                policy: policy.name.clone(),
+                policy_hash: policy.hash.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the input tokens of a request fitted into its context budget.
+    pub fn record_context_tokens(&self, tokens: u32) {
+        self.context_tokens.observe(f64::from(tokens));
+    }
+
+    /// Counts one conversation store operation; `outcome` is `success` or the error kind.
+    pub fn record_store_operation(&self, operation: &str, outcome: &str) {
+        self.store_operations
+            .get_or_create(&StoreOperationLabels {
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Copies the store's health into its gauges. The admin server calls it before each
+    /// scrape.
+    pub fn observe_store(&self, health: &StoreHealth) {
+        self.store_buffered_turns
+            .set(i64::try_from(health.buffered_turns).unwrap_or(i64::MAX));
+        self.store_degraded
+            .set(i64::from(health.status == StoreStatus::Degraded));
+        // The store keeps the total, and the counter catches up to it. Two scrapes at
+        // once may both read the old value, and the later one then adds nothing.
+        let counted = self.store_dropped_turns.get();
+        if health.dropped_turns > counted {
+            self.store_dropped_turns
+                .inc_by(health.dropped_turns - counted);
         }
     }
 
@@ -325,5 +593,75 @@ impl Metrics {
             text.clear();
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(model: &str) -> GenAiCall {
+        GenAiCall {
+            operation: "chat",
+            provider: "openai",
+            model: model.to_owned(),
+        }
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let metrics = Metrics::new();
+
+        for index in 0..MAX_MODEL_LABELS + 5 {
+            metrics.record_tokens(&call(&format!("model-{index}")), 1, 1, "upstream");
+        }
+
+        let text = metrics.encode();
+        assert!(text.contains("gen_ai_request_model=\"model-0\""));
+        let last_kept = format!("gen_ai_request_model=\"model-{}\"", MAX_MODEL_LABELS - 1);
+        assert!(text.contains(&last_kept));
+        let first_dropped = format!("gen_ai_request_model=\"model-{MAX_MODEL_LABELS}\"");
+        assert!(!text.contains(&first_dropped));
+        assert!(text.contains("gen_ai_request_model=\"other\""));
+    }
+
+    #[test]
+    fn known_model_keeps_its_label() {
+        let metrics = Metrics::new();
+        for index in 0..MAX_MODEL_LABELS {
+            metrics.record_tokens(&call(&format!("model-{index}")), 1, 1, "upstream");
+        }
+
+        metrics.record_tokens(&call("model-3"), 7, 0, "upstream");
+
+        let text = metrics.encode();
+        assert!(text.contains(
+            "gen_ai_client_token_usage_count{gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"openai\",gen_ai_request_model=\"model-3\",gen_ai_token_type=\"input\",token_source=\"upstream\"} 2"
+        ), "{text}");
+    }
+
+    #[test]
+    fn store_health_sets_gauges() {
+        let metrics = Metrics::new();
+
+        metrics.observe_store(&StoreHealth {
+            kind: "redis",
+            status: StoreStatus::Degraded,
+            buffered_turns: 3,
+            buffer_full: false,
+            dropped_turns: 2,
+            last_error: None,
+        });
+
+        let text = metrics.encode();
+        assert!(text.contains("agent_sidecar_store_degraded 1"), "{text}");
+        assert!(
+            text.contains("agent_sidecar_store_buffered_turns 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agent_sidecar_store_dropped_turns_total 2"),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Metric families and logging setup.
 
+pub mod exposition;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
