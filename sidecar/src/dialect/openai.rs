@@ -799,6 +799,14 @@ pub fn completion_to_chunks(completion: &Value) -> Vec<Value> {
     chunks
 }
 
+/// Reads a `usage` object as (input, output) tokens: `prompt_tokens` and
+/// `completion_tokens`. `None` when either is missing.
+pub fn read_usage(usage: &Value) -> Option<(u64, u64)> {
+    let input = usage.get("prompt_tokens")?.as_u64()?;
+    let output = usage.get("completion_tokens")?.as_u64()?;
+    Some((input, output))
+}
+
 /// Converts the request's messages to the common model.
 pub fn request_messages(request: &ChatRequest) -> Vec<Message> {
     let Some(Value::Array(messages)) = request.body.get("messages") else {

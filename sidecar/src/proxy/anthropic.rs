@@ -13,16 +13,17 @@ use serde_json::{Value, json};
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
 use super::openai::{GEN_AI_OPERATION_CHAT, record_call};
-use super::openai_stream::StreamContext;
 use super::reply::{
     Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
 };
+use super::stream::{self, StreamContext};
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
 use crate::context::TokenCounter;
 use crate::dialect::anthropic::{self as dialect, Endpoint, MessagesRequest, ParseError};
 use crate::policy::Policy;
 use crate::policy::spec::{BlockResponse, Direction};
+use crate::stream::anthropic::AnthropicStream;
 use crate::telemetry::metrics::GenAiCall;
 
 const ROUTE_MESSAGES: &str = "messages";
@@ -109,6 +110,7 @@ async fn handle_messages(
             provider: state.anthropic.name,
             model: messages.model.clone(),
         },
+        input_estimate: Some(estimate_input_tokens(&messages)),
     };
     let forwarded = Bytes::from(serde_json::to_vec(&messages.body).map_err(|e| {
         ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
@@ -117,6 +119,43 @@ async fn handle_messages(
         })
     })?);
     let call_started = Instant::now();
+    if messages.stream {
+        let opened = state
+            .anthropic
+            .open(
+                Method::POST,
+                MESSAGES_PATH,
+                query.as_deref(),
+                &headers,
+                forwarded,
+            )
+            .await;
+        let response = match opened {
+            Ok(response) => response,
+            Err(error) => {
+                record_call(state, &context.call, call_started, Err(&error));
+                return Err(error);
+            }
+        };
+        if !stream::is_event_stream(&response) {
+            let whole = state.anthropic.read_whole(response).await;
+            record_call(state, &context.call, call_started, whole.as_ref());
+            return finish_whole(state, whole?, &context).await;
+        }
+        let guarded = AnthropicStream::new(
+            context.guard.clone(),
+            stream::mode(&policy),
+            policy.stream.max_hold_back_bytes,
+        );
+        return Ok(stream::serve(
+            state,
+            &state.anthropic,
+            response,
+            guarded,
+            context,
+            call_started,
+        ));
+    }
     let sent = state
         .anthropic
         .send(
@@ -177,8 +216,12 @@ async fn finish_whole(
     if let Some(block) = Block::from_verdict(&output.verdict) {
         return blocked(&policy, &context.model, streamed, block, Some(message));
     }
-    record_usage(state, context, message.get("usage"), &message);
     let stored_response = dialect::response_message(&message);
+    let reported = message
+        .get("usage")
+        .and_then(dialect::read_usage)
+        .map(|usage| (usage.input, usage.output));
+    stream::record_usage(state, context, reported, stored_response.as_ref());
     dialect::restore_response(guard, &mut message);
     // A stream that ended with an error event is not a complete turn.
     if let (Some(turn), None) = (&context.turn, &stream_error) {
@@ -285,31 +328,6 @@ fn event_stream(
     let mut response = Response::new(Body::from(body));
     event_stream_headers(response.headers_mut(), verdict, rule);
     response
-}
-
-/// Records token usage: the upstream's figures when it reported them, else the
-/// sidecar's own estimate.
-fn record_usage(
-    state: &ProxyState,
-    context: &StreamContext,
-    usage: Option<&Value>,
-    message: &Value,
-) {
-    if let Some(usage) = usage.and_then(dialect::read_usage) {
-        state
-            .metrics
-            .record_tokens(&context.call, usage.input, usage.output, "upstream");
-        return;
-    }
-    let counter = TokenCounter::for_model(&context.model);
-    let input = counter.messages(&context.request_messages);
-    let output = dialect::response_message(message).map_or(0, |m| counter.message(&m));
-    state.metrics.record_tokens(
-        &context.call,
-        u64::from(input),
-        u64::from(output),
-        "sidecar",
-    );
 }
 
 /// Estimates a request's input tokens: its system prompt and messages in the common

@@ -7,6 +7,7 @@ pub mod error;
 mod openai;
 mod openai_stream;
 mod reply;
+mod stream;
 pub mod upstream;
 
 pub use conversation::UpstreamSummarizer;

@@ -12,10 +12,11 @@ use serde_json::Value;
 
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
-use super::openai_stream::{self, StreamContext};
+use super::openai_stream;
 use super::reply::{
     Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
 };
+use super::stream::{self, StreamContext};
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
 use crate::context::context_overflow;
@@ -119,6 +120,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
             provider: state.openai.name,
             model: chat.model.clone(),
         },
+        input_estimate: None,
     };
     let strip_usage = chat.stream && openai_stream::request_usage(&mut chat);
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
@@ -260,8 +262,9 @@ pub(super) async fn finish_whole(
     if let Some(block) = Block::from_verdict(&output.verdict) {
         return blocked(&policy, &context.model, streamed, block, Some(completion.0));
     }
-    openai_stream::record_usage(state, context, completion.0.get("usage"), &completion.0);
     let stored_response = dialect::response_message(&completion.0);
+    let reported = completion.0.get("usage").and_then(dialect::read_usage);
+    stream::record_usage(state, context, reported, stored_response.as_ref());
     dialect::restore_response(guard, &mut completion.0);
     if let Some(turn) = &context.turn {
         conversation::record_turn(

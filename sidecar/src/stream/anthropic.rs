@@ -78,16 +78,6 @@ impl AnthropicStream {
         }
     }
 
-    /// Usage merged from `message_start` and `message_delta`, as the upstream reported it.
-    pub fn merged_usage(&self) -> Option<&Value> {
-        self.usage.as_ref()
-    }
-
-    /// Returns the message the client received, as one `message` object.
-    pub fn released_message(&self) -> Value {
-        self.released.to_message()
-    }
-
     fn on_event(&mut self, name: &str, data: &str, event: Value, out: &mut String) -> Flow {
         match name {
             "message_start" => {
@@ -516,3 +506,6 @@ impl GuardedStream for AnthropicStream {
         response_message(&self.released.to_message())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,7 +17,8 @@ use super::text::{Release, StreamMode, TextStream};
 pub use super::{Flow, StreamError};
 use crate::dialect::Message;
 use crate::dialect::openai::{
-    AssembledCall, StreamAssembly, guard_tool_calls, response_message, restore_tool_calls,
+    AssembledCall, StreamAssembly, guard_tool_calls, read_usage, response_message,
+    restore_tool_calls,
 };
 use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
@@ -520,10 +521,7 @@ impl GuardedStream for OpenAiStream {
     }
 
     fn reported_usage(&self) -> Option<(u64, u64)> {
-        let usage = self.usage.as_ref()?;
-        let input = usage.get("prompt_tokens")?.as_u64()?;
-        let output = usage.get("completion_tokens")?.as_u64()?;
-        Some((input, output))
+        read_usage(self.usage.as_ref()?)
     }
 
     fn response_message(&self) -> Option<Message> {

@@ -119,6 +119,11 @@ pub struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
 }
@@ -154,12 +159,22 @@ pub struct Metrics {
     store_dropped_turns: Counter,
     /// Model names already used as label values; see [`Metrics::model_label`].
     models_seen: Mutex<HashSet<String>>,
+    token_estimate_ratio: Family<ModelLabels, Histogram>,
     hold_back_overflows: Family<PolicyLabels, Counter>,
     context_actions: Family<ActionLabels, Counter>,
     summarizations: Family<OutcomeLabels, Counter>,
     policy_rules: Gauge,
     policy_info: Family<PolicyInfoLabels, Gauge>,
     policy_reloads: Family<OutcomeLabels, Counter>,
+}
+
+/// Buckets of the ratio of upstream-reported to estimated input tokens: 0.5 to 2.0,
+/// finest around 1.0, where a useful estimate falls.
+const TOKEN_ESTIMATE_RATIO_BUCKETS: [f64; 11] =
+    [0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0];
+
+fn token_estimate_ratio_histogram() -> Histogram {
+    Histogram::new(TOKEN_ESTIMATE_RATIO_BUCKETS)
 }
 
 fn latency_histogram() -> Histogram {
@@ -302,6 +317,14 @@ impl Metrics {
             "Turns dropped because the store's outage buffer was full",
             store_dropped_turns.clone(),
         );
+        let token_estimate_ratio = Family::<ModelLabels, Histogram>::new_with_constructor(
+            token_estimate_ratio_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "token_estimate_ratio",
+            "Input tokens the upstream reported divided by the sidecar's estimate for the same request, per model",
+            token_estimate_ratio.clone(),
+        );
         let hold_back_overflows = Family::<PolicyLabels, Counter>::default();
         registry.register(
             "stream_hold_back_overflows",
@@ -356,6 +379,7 @@ impl Metrics {
             store_degraded,
             store_dropped_turns,
             models_seen: Mutex::new(HashSet::new()),
+            token_estimate_ratio,
             hold_back_overflows,
             context_actions,
             summarizations,
@@ -528,6 +552,19 @@ impl Metrics {
             self.store_dropped_turns
                 .inc_by(health.dropped_turns - counted);
         }
+    }
+
+    /// Records how far the sidecar's input token estimate was from the upstream's count
+    /// for one request, as the ratio reported / estimated. A zero estimate is skipped.
+    pub fn record_token_estimate(&self, model: &str, estimated: u32, reported: u64) {
+        if estimated == 0 {
+            return;
+        }
+        self.token_estimate_ratio
+            .get_or_create(&ModelLabels {
+                model: self.model_label(model),
+            })
+            .observe(reported as f64 / f64::from(estimated));
     }
 
     /// Counts times the streaming guard released text unguarded because a channel held
