@@ -288,7 +288,10 @@ def test_upstream_error_passes_unchanged(
     anthropic_client: anthropic.Anthropic, upstream: StubUpstream
 ) -> None:
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    upstream.enqueue(JsonReply(error, status=529))
+    # The sidecar retries a 529 once by default (retry.maxAttemptsPerTarget is 2), then
+    # passes the last response on.
+    for _ in range(2):
+        upstream.enqueue(JsonReply(error, status=529))
     with pytest.raises(anthropic.APIStatusError) as raised:
         anthropic_client.messages.create(
             model=ANTHROPIC_MODEL, max_tokens=64, messages=[{"role": "user", "content": "hello"}]

@@ -168,6 +168,23 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         crate::dialect::anthropic::DEFAULT_VERSION,
     );
     anthropic.stream_idle_timeout = config.stream_idle_timeout;
+    let routes = Arc::new(proxy::routing::RouteTable::build(&config)?);
+    for target in routes.targets() {
+        tracing::info!(
+            target.name = target.name,
+            dialect = target.dialect.as_str(),
+            credential = if target.upstream.has_credential() {
+                "sidecar"
+            } else {
+                "client"
+            },
+            "upstream target configured"
+        );
+    }
+
+    if let Some(checks) = &config.routing.health_checks {
+        health::active::spawn(&routes, checks, &metrics);
+    }
 
     let proxy_listener = bind(config.listen, "listen").await?;
     let admin_listener = bind(config.admin_listen, "adminListen").await?;
@@ -199,6 +216,7 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         guard: guard.clone(),
         openai,
         anthropic,
+        routes: routes.clone(),
         metrics: metrics.clone(),
         store: store.clone(),
         vault_key,
@@ -216,6 +234,7 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         guard,
         store: store.clone(),
         metrics,
+        routes,
         started: started.clone(),
         ready: ready.clone(),
     });

@@ -6,6 +6,8 @@
 //! once. Secrets (provider keys, the hash key) are read from the environment or files and
 //! never appear in errors or `Debug` output.
 
+pub mod routing;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,10 @@ use serde::Deserialize;
 use crate::context::{CatalogEntry, ModelCatalog, ModelLimits};
 use crate::state::StoreSettings;
 use crate::state::redis::{RedisMode, RedisSettings};
+use routing::{
+    RawCircuitBreaker, RawHealthChecks, RawReadiness, RawRetry, RawRoute, RawRouting, RawTarget,
+    RoutingConfig, TimeoutDefaults,
+};
 
 /// Model proxy address: loopback, so only containers in the pod reach it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:14100";
@@ -79,6 +85,24 @@ pub struct RawConfig {
     /// Model catalog entries, consulted before the built-in ones.
     #[serde(default)]
     pub models: Vec<RawModel>,
+    /// Upstream targets that routes send requests to.
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    /// Model name (exact or glob) to ordered targets; the first matching route wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Retries on one target before falling back to the next.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Per-target circuit breaker.
+    #[serde(default)]
+    pub circuit_breaker: RawCircuitBreaker,
+    /// Active checks of idle targets.
+    #[serde(default)]
+    pub health_checks: RawHealthChecks,
+    /// Requirements of `/readyz` beyond the policy and the state store.
+    #[serde(default)]
+    pub readiness: RawReadiness,
 }
 
 /// Redis deployment mode.
@@ -234,6 +258,8 @@ pub struct Config {
     /// Secret the pseudonym vault key is derived from.
     pub vault_key: Option<(Secret, SecretSource)>,
     pub models: ModelCatalog,
+    /// Targets, routes, retries, breakers and readiness requirements.
+    pub routing: RoutingConfig,
 }
 
 /// Conversation store configuration.
@@ -389,6 +415,25 @@ impl Config {
             DEFAULT_STREAM_IDLE_TIMEOUT_SECS,
             &mut errors,
         );
+        let routing = routing::resolve_routing(
+            RawRouting {
+                targets: &raw.targets,
+                routes: &raw.routes,
+                retry: &raw.retry,
+                circuit_breaker: &raw.circuit_breaker,
+                health_checks: &raw.health_checks,
+                readiness: &raw.readiness,
+            },
+            openai.as_ref(),
+            anthropic.as_ref(),
+            TimeoutDefaults {
+                connect: Duration::from_millis(connect_timeout_ms),
+                first_byte: Duration::from_secs(request_timeout_secs),
+                stream_idle: Duration::from_secs(stream_idle_timeout_secs),
+            },
+            env,
+            &mut errors,
+        );
         let hash_key = match raw.pii.hash_key_file {
             Some(path) => read_secret_file("pii.hashKeyFile", &path, &mut errors),
             None => env.var("AGENT_SIDECAR_HASH_KEY").map(Secret),
@@ -419,6 +464,7 @@ impl Config {
             store,
             vault_key,
             models,
+            routing,
         })
     }
 }

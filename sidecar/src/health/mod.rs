@@ -1,9 +1,15 @@
-//! The admin server: probes for the kubelet and metrics for Prometheus.
+//! The admin server: probes for the kubelet and metrics for Prometheus, plus the model
+//! health they report (circuit breakers and moving averages per upstream target).
 //!
 //! `/livez` returns 200 whenever the process and its runtime run; it depends on nothing else,
-//! so a provider or store outage never restarts the pod. `/readyz` reports the loaded
-//! policy and the store (degraded while Redis is unreachable). `/startupz` answers once the policy is compiled and the
-//! listeners are bound, which is true before this server starts.
+//! so a provider or store outage never restarts the pod. `/readyz` fails only for what the
+//! configuration requires: the policy, a store that rejects requests, and the models listed
+//! in `readiness.requireModels`. Its body always shows every target's health. `/startupz`
+//! answers once the policy is compiled and the listeners are bound.
+
+pub mod active;
+pub mod breaker;
+pub mod target;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +22,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::policy::reload::GuardHandle;
+use crate::proxy::routing::RouteTable;
 use crate::state::{Admission, ConversationStore, StoreStatus};
 use crate::telemetry::exposition;
 use crate::telemetry::metrics::Metrics;
@@ -26,6 +33,8 @@ pub struct AdminState {
     pub guard: Arc<GuardHandle>,
     pub store: Arc<dyn ConversationStore>,
     pub metrics: Arc<Metrics>,
+    /// Targets whose health `/readyz` and `/metrics` report.
+    pub routes: Arc<RouteTable>,
     /// Set once every listener is bound.
     pub started: Arc<AtomicBool>,
     /// Cleared when shutdown begins, so the pod leaves its endpoints first.
@@ -66,7 +75,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         Admission::Accept
     );
     let draining = !state.ready.load(Ordering::Acquire);
-    let ready = !draining && state.started.load(Ordering::Acquire) && store_accepting;
+    let (models, models_ready) = model_checks(&state.routes);
+    let ready =
+        !draining && state.started.load(Ordering::Acquire) && store_accepting && models_ready;
     let store_status = match (store.status, store_accepting) {
         (_, false) => "rejecting",
         (StoreStatus::Ok, true) => "ok",
@@ -99,7 +110,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
                 "lastError": store.last_error,
             },
             "shutdown": {"status": if draining { "draining" } else { "ok" }},
+            "models": models,
         },
+        "targets": target_details(&state.routes),
     });
     let status = if ready {
         StatusCode::OK
@@ -109,7 +122,40 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Checks each model in `readiness.requireModels`: ready while some target of its route
+/// accepts traffic. Returns the detail and whether all of them are ready.
+fn model_checks(routes: &RouteTable) -> (serde_json::Value, bool) {
+    let mut all_ready = true;
+    let mut detail = serde_json::Map::new();
+    for model in &routes.required_models {
+        let available = routes.model_available(model);
+        all_ready &= available;
+        detail.insert(
+            model.clone(),
+            json!({
+                "status": if available { "ok" } else { "unavailable" },
+                "required": true,
+            }),
+        );
+    }
+    (serde_json::Value::Object(detail), all_ready)
+}
+
+/// Returns every target's health, whether or not readiness requires it.
+fn target_details(routes: &RouteTable) -> serde_json::Value {
+    let mut detail = serde_json::Map::new();
+    for target in routes.targets() {
+        let mut value = serde_json::to_value(target.health.snapshot()).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut value {
+            fields.insert("dialect".to_owned(), json!(target.dialect.as_str()));
+        }
+        detail.insert(target.name.to_owned(), value);
+    }
+    serde_json::Value::Object(detail)
+}
+
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    state.routes.export_health(&state.metrics);
     state.metrics.observe_store(&state.store.health());
     let (body, content_type) = exposition::negotiate(&headers, state.metrics.encode());
     let mut response = body.into_response();

@@ -16,9 +16,11 @@ use super::openai::{GEN_AI_OPERATION_CHAT, record_call};
 use super::reply::{
     Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
 };
+use super::routing::{Call, Opened};
 use super::stream::{self, StreamContext};
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
+use crate::config::routing::Dialect;
 use crate::context::TokenCounter;
 use crate::dialect::anthropic::{self as dialect, Endpoint, MessagesRequest, ParseError};
 use crate::policy::Policy;
@@ -119,56 +121,55 @@ async fn handle_messages(
         })
     })?);
     let call_started = Instant::now();
-    if messages.stream {
-        let opened = state
-            .anthropic
-            .open(
-                Method::POST,
-                MESSAGES_PATH,
-                query.as_deref(),
-                &headers,
-                forwarded,
-            )
-            .await;
-        let response = match opened {
-            Ok(response) => response,
-            Err(error) => {
-                record_call(state, &context.call, call_started, Err(&error));
-                return Err(error);
-            }
-        };
-        if !stream::is_event_stream(&response) {
-            let whole = state.anthropic.read_whole(response).await;
+    let call = Call {
+        method: &Method::POST,
+        path: MESSAGES_PATH,
+        query: query.as_deref(),
+        headers: &headers,
+        body: &forwarded,
+        stream: messages.stream,
+    };
+    let routed = match state
+        .routes
+        .dispatch(&state.metrics, Dialect::Anthropic, &context.model, call)
+        .await
+    {
+        Ok(routed) => routed,
+        Err(error) => {
+            record_call(state, &context.call, call_started, Err(&error));
+            return Err(error);
+        }
+    };
+    let target = routed.target;
+    let response = match routed.response {
+        Opened::Headers(response) if messages.stream && stream::is_event_stream(&response) => {
+            response
+        }
+        Opened::Headers(response) => {
+            let whole = target.upstream.read_whole(response).await;
             record_call(state, &context.call, call_started, whole.as_ref());
             return finish_whole(state, whole?, &context).await;
         }
+        Opened::Whole(whole) => {
+            record_call(state, &context.call, call_started, Ok(&whole));
+            return finish_whole(state, whole, &context).await;
+        }
+    };
+    {
         let guarded = AnthropicStream::new(
             context.guard.clone(),
             stream::mode(&policy),
             policy.stream.max_hold_back_bytes,
         );
-        return Ok(stream::serve(
+        Ok(stream::serve(
             state,
-            &state.anthropic,
+            &target,
             response,
             guarded,
             context,
             call_started,
-        ));
+        ))
     }
-    let sent = state
-        .anthropic
-        .send(
-            Method::POST,
-            MESSAGES_PATH,
-            query.as_deref(),
-            &headers,
-            Some(forwarded),
-            &state.metrics,
-        )
-        .await;
-    record_call(state, &context.call, call_started, sent.as_ref());
-    finish_whole(state, sent?, &context).await
 }
 
 /// Guards a response read whole (a JSON message, or an event stream read to its end)

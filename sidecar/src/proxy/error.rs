@@ -51,6 +51,13 @@ pub enum ProxyError {
         provider: &'static str,
         reason: String,
     },
+    #[error("no route for model {model:?}; use a model this sidecar routes, or add a route for it")]
+    NoRoute { model: String },
+    #[error(
+        "no upstream for model {model:?} is available: the circuit breaker of every target \
+         ({targets}) is open after repeated failures; retry later"
+    )]
+    NoTargetAvailable { model: String, targets: String },
     #[error("upstream {provider} response is larger than the limit of {limit_bytes} bytes")]
     UpstreamTooLarge {
         provider: &'static str,
@@ -127,6 +134,16 @@ impl ProxyError {
                 "upstream_error",
                 "upstream_invalid_response",
             ),
+            ProxyError::NoRoute { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            ProxyError::NoTargetAvailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_error",
+                "no_upstream_available",
+            ),
             ProxyError::UpstreamTooLarge { .. } => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
@@ -165,7 +182,8 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ContextOverBudget { .. } => "invalid_request_error",
             ProxyError::RequestTooLarge { .. } => "request_too_large",
-            ProxyError::UnknownPath { .. } => "not_found_error",
+            ProxyError::UnknownPath { .. } | ProxyError::NoRoute { .. } => "not_found_error",
+            ProxyError::NoTargetAvailable { .. } => "overloaded_error",
             ProxyError::Blocked { .. } | ProxyError::ApprovalRequired { .. } => "permission_error",
             ProxyError::StoreUnavailable { .. } => "overloaded_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",

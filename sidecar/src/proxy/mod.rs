@@ -7,6 +7,8 @@ pub mod error;
 mod openai;
 mod openai_stream;
 mod reply;
+pub mod retry;
+pub mod routing;
 mod stream;
 pub mod upstream;
 
@@ -27,6 +29,7 @@ use crate::state::ConversationStore;
 use crate::state::vault::VaultKey;
 use crate::telemetry::metrics::Metrics;
 use error::ProxyError;
+use routing::RouteTable;
 use upstream::Upstream;
 
 /// Header naming the conversation a request belongs to.
@@ -41,8 +44,12 @@ pub const BLOCKED_RULE_HEADER: &str = "x-agent-sidecar-blocked-rule";
 pub struct ProxyState {
     /// The enforced policy; each request takes one snapshot at its start.
     pub guard: Arc<GuardHandle>,
+    /// The OpenAI provider upstream, for paths that carry no model (listings and
+    /// unguarded pass-through).
     pub openai: Upstream,
     pub anthropic: Upstream,
+    /// Routes and targets for requests that name a model.
+    pub routes: Arc<RouteTable>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn ConversationStore>,
     /// Key that seals pseudonym vault entries at rest.

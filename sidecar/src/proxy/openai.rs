@@ -16,9 +16,11 @@ use super::openai_stream;
 use super::reply::{
     Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
 };
+use super::routing::{Call, Opened};
 use super::stream::{self, StreamContext};
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
+use crate::config::routing::Dialect;
 use crate::context::context_overflow;
 use crate::dialect::openai::{self as dialect, ParseError};
 use crate::policy::Policy;
@@ -142,10 +144,11 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         .await;
     }
     let call_started = Instant::now();
-    let mut sent = send_chat(state, forwarded.clone(), query.as_deref(), &headers).await;
+    let model = context.model.as_str();
+    let mut sent = send_chat(state, model, &forwarded, query.as_deref(), &headers).await;
     if let Ok(upstream) = &sent {
         if let Some(retry) = overflow_retry(state, upstream, compaction.as_ref(), &forwarded) {
-            sent = send_chat(state, retry, query.as_deref(), &headers).await;
+            sent = send_chat(state, model, &retry, query.as_deref(), &headers).await;
         }
     }
     record_call(state, &context.call, call_started, sent.as_ref());
@@ -177,23 +180,30 @@ pub(super) fn record_call(
         .record_gen_ai_call(call, started.elapsed(), error_type);
 }
 
+/// Sends a non-streamed chat completion through the model's route.
 async fn send_chat(
     state: &ProxyState,
-    body: Bytes,
+    model: &str,
+    body: &Bytes,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<UpstreamResponse, ProxyError> {
-    state
-        .openai
-        .send(
-            Method::POST,
-            "chat/completions",
-            query,
-            headers,
-            Some(body),
-            &state.metrics,
-        )
-        .await
+    let call = Call {
+        method: &Method::POST,
+        path: "chat/completions",
+        query,
+        headers,
+        body,
+        stream: false,
+    };
+    let routed = state
+        .routes
+        .dispatch(&state.metrics, Dialect::OpenAi, model, call)
+        .await?;
+    match routed.response {
+        Opened::Whole(whole) => Ok(whole),
+        Opened::Headers(response) => routed.target.upstream.read_whole(response).await,
+    }
 }
 
 /// Returns the compacted body to send once more when the upstream rejected `sent` as

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use super::ProxyState;
 use super::conversation::Compaction;
 use super::error::ProxyError;
+use super::routing::{Call, Opened};
 use super::stream::{self, StreamContext};
+use crate::config::routing::Dialect;
 use crate::dialect::openai::ChatRequest;
 use crate::stream::openai::OpenAiStream;
 
@@ -52,29 +54,39 @@ pub(super) async fn stream_chat(
     context: StreamContext,
 ) -> Result<Response, ProxyError> {
     let call_started = Instant::now();
-    let opened = state
-        .openai
-        .open(
-            Method::POST,
-            "chat/completions",
-            query,
-            headers,
-            body.clone(),
-        )
-        .await;
-    let mut response = match opened {
-        Ok(response) => response,
+    let open = |body: Bytes| {
+        let model = context.model.clone();
+        async move {
+            let call = Call {
+                method: &Method::POST,
+                path: "chat/completions",
+                query,
+                headers,
+                body: &body,
+                stream: true,
+            };
+            state
+                .routes
+                .dispatch(&state.metrics, Dialect::OpenAi, &model, call)
+                .await
+        }
+    };
+    let mut routed = match open(body.clone()).await {
+        Ok(routed) => routed,
         Err(error) => {
             super::openai::record_call(state, &context.call, call_started, Err(&error));
             return Err(error);
         }
     };
     let mut retried = false;
-    loop {
-        if stream::is_event_stream(&response) {
-            break;
-        }
-        let whole = state.openai.read_whole(response).await;
+    let (target, response) = loop {
+        let whole = match routed.response {
+            Opened::Headers(response) if stream::is_event_stream(&response) => {
+                break (routed.target, response);
+            }
+            Opened::Headers(response) => routed.target.upstream.read_whole(response).await,
+            Opened::Whole(whole) => Ok(whole),
+        };
         let retry = match (&whole, retried) {
             (Ok(whole), false) => {
                 super::openai::overflow_retry(state, whole, compaction.as_ref(), &body)
@@ -86,11 +98,8 @@ pub(super) async fn stream_chat(
             return super::openai::finish_whole(state, whole?, &context).await;
         };
         retried = true;
-        response = state
-            .openai
-            .open(Method::POST, "chat/completions", query, headers, retry)
-            .await?;
-    }
+        routed = open(retry).await?;
+    };
 
     let policy = context.guard.policy().clone();
     let guarded = OpenAiStream::new(
@@ -101,7 +110,7 @@ pub(super) async fn stream_chat(
     );
     Ok(stream::serve(
         state,
-        &state.openai,
+        &target,
         response,
         guarded,
         context,

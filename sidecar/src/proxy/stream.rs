@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::ProxyState;
 use super::conversation::{self, TurnContext};
 use super::reply::{copy_provider_headers, event_stream_headers};
-use super::upstream::Upstream;
+use super::routing::Target;
 use crate::context::tokens::TokenCounter;
 use crate::dialect::Message;
 use crate::guard::Guard;
@@ -57,7 +57,7 @@ pub(super) fn mode(policy: &Policy) -> StreamMode {
 /// is when the request was sent, for the GenAI duration metrics.
 pub(super) fn serve<S: GuardedStream>(
     state: &ProxyState,
-    provider: &Upstream,
+    target: &Arc<Target>,
     response: reqwest::Response,
     guarded: S,
     context: StreamContext,
@@ -67,7 +67,7 @@ pub(super) fn serve<S: GuardedStream>(
     let (sender, receiver) = mpsc::channel::<Bytes>(CLIENT_QUEUE_DEPTH);
     tokio::spawn(pump(
         state.clone(),
-        provider.clone(),
+        target.clone(),
         response,
         guarded,
         sender,
@@ -101,7 +101,7 @@ pub(super) fn is_event_stream(response: &reqwest::Response) -> bool {
 /// once. Ends when the stream completes, fails, or the client goes away.
 async fn pump<S: GuardedStream>(
     state: ProxyState,
-    provider: Upstream,
+    target: Arc<Target>,
     response: reqwest::Response,
     mut guarded: S,
     sender: mpsc::Sender<Bytes>,
@@ -109,7 +109,7 @@ async fn pump<S: GuardedStream>(
     call_started: Instant,
 ) {
     let policy = context.guard.policy().clone();
-    let idle = provider.stream_idle_timeout;
+    let idle = target.upstream.stream_idle_timeout;
     let mut decoder = Decoder::new(DEFAULT_MAX_EVENT_BYTES);
     let mut upstream = response.bytes_stream();
     let mut frames = Vec::new();
@@ -132,7 +132,8 @@ async fn pump<S: GuardedStream>(
         let evaluation_started = Instant::now();
         let flow = match next {
             Err(_) => {
-                tracing::warn!(provider = provider.name, "upstream stream went idle");
+                tracing::warn!(target.name = target.name, "upstream stream went idle");
+                target.health.record_late_failure("stream idle timeout");
                 error_type = Some("upstream_timeout");
                 guarded.fail(
                     &mut out,
@@ -147,7 +148,8 @@ async fn pump<S: GuardedStream>(
                 guarded.on_upstream_end(&mut out)
             }
             Ok(Some(Err(error))) => {
-                tracing::warn!(provider = provider.name, error = %error, "upstream stream failed");
+                tracing::warn!(target.name = target.name, error = %error, "upstream stream failed");
+                target.health.record_late_failure("stream broken");
                 error_type = Some("upstream_unavailable");
                 guarded.fail(
                     &mut out,
@@ -157,7 +159,8 @@ async fn pump<S: GuardedStream>(
             }
             Ok(Some(Ok(bytes))) => match decoder.feed(&bytes, &mut frames) {
                 Err(error) => {
-                    tracing::warn!(provider = provider.name, error = %error, "upstream stream is not a valid event stream");
+                    tracing::warn!(target.name = target.name, error = %error, "upstream stream is not a valid event stream");
+                    target.health.record_late_failure("invalid event stream");
                     error_type = Some("upstream_invalid_response");
                     guarded.fail(
                         &mut out,

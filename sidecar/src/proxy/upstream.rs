@@ -65,6 +65,8 @@ pub struct Upstream {
     default_headers: Vec<(&'static str, &'static str)>,
     /// Maximum wait for the next chunk of a streamed body.
     pub stream_idle_timeout: Duration,
+    /// Maximum wait from sending a request to its response headers.
+    pub first_byte_timeout: Duration,
     client: reqwest::Client,
     request_timeout: Duration,
     max_response_body_bytes: usize,
@@ -84,6 +86,7 @@ impl Upstream {
             credential: Credential::Bearer,
             default_headers: Vec::new(),
             stream_idle_timeout: request_timeout,
+            first_byte_timeout: request_timeout,
             client,
             request_timeout,
             max_response_body_bytes,
@@ -100,6 +103,11 @@ impl Upstream {
     pub fn with_default_header(mut self, name: &'static str, value: &'static str) -> Upstream {
         self.default_headers.push((name, value));
         self
+    }
+
+    /// Returns whether the sidecar sends its own credential to this upstream.
+    pub fn has_credential(&self) -> bool {
+        self.provider.api_key.is_some()
     }
 
     /// Builds the provider URL for `path` (relative to the base URL, such as
@@ -126,18 +134,13 @@ impl Upstream {
         let result = self
             .send_inner(method, path, query, client_headers, body)
             .await;
-        let outcome = match &result {
-            Ok(response) if response.status.is_success() => "success",
-            Ok(response) if response.status.is_client_error() => "client_error",
-            Ok(_) => "server_error",
-            Err(ProxyError::UpstreamTimeout { .. }) => "timeout",
-            Err(_) => "failure",
-        };
-        metrics.record_upstream(self.name, outcome, started.elapsed());
+        metrics.record_upstream(self.name, "", &status_label(&result), started.elapsed());
         result
     }
 
-    async fn send_inner(
+    /// Forwards a request and reads the whole response, without recording metrics; the
+    /// router records them with the model, and health checks count their own.
+    pub async fn send_inner(
         &self,
         method: Method,
         path: &str,
@@ -154,7 +157,11 @@ impl Upstream {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await.map_err(|e| self.map_error(&e))?;
+        let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(self.map_error(&error)),
+            Err(_) => return Err(self.first_byte_timed_out()),
+        };
         if response
             .content_length()
             .is_some_and(|length| length > self.max_response_body_bytes as u64)
@@ -185,13 +192,23 @@ impl Upstream {
             .body(body);
         // Event streams must not be buffered or compressed on the way.
         request = request.header(header::ACCEPT, "text/event-stream");
-        match tokio::time::timeout(self.request_timeout, request.send()).await {
+        match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.map_error(&error)),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                provider: self.name,
-                timeout_secs: self.request_timeout.as_secs(),
-            }),
+            Err(_) => Err(self.first_byte_timed_out()),
+        }
+    }
+
+    fn first_byte_timed_out(&self) -> ProxyError {
+        tracing::warn!(
+            provider = self.name,
+            timeout_ms = self.first_byte_timeout.as_millis() as u64,
+            "upstream sent no response headers in time"
+        );
+        ProxyError::UpstreamTimeout {
+            provider: self.name,
+            // Rounded up, so a sub-second timeout never reads as 0 s.
+            timeout_secs: self.first_byte_timeout.as_secs_f64().ceil() as u64,
         }
     }
 
@@ -275,6 +292,24 @@ impl Upstream {
             provider: self.name,
             reason,
         }
+    }
+}
+
+/// Returns the `status` label of the upstream requests metric: the HTTP status code, or
+/// the class of error when no response arrived.
+pub fn status_label(result: &Result<UpstreamResponse, ProxyError>) -> String {
+    match result {
+        Ok(response) => response.status.as_u16().to_string(),
+        Err(error) => error_label(error).to_owned(),
+    }
+}
+
+/// Returns the `status` label for a request that failed without a response.
+pub fn error_label(error: &ProxyError) -> &'static str {
+    match error {
+        ProxyError::UpstreamTimeout { .. } => "timeout",
+        ProxyError::UpstreamUnavailable { .. } => "unavailable",
+        _ => "error",
     }
 }
 

@@ -14,6 +14,8 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -135,7 +137,27 @@ pub struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
-    pub provider: String,
+    pub target: String,
+    /// Model name sent upstream; empty for requests without one, such as model listings.
+    pub model: String,
+    /// HTTP status code, or `timeout`, `unavailable` or `error` when no response arrived.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetReasonLabels {
+    pub target: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetOutcomeLabels {
+    pub target: String,
     pub outcome: String,
 }
 
@@ -147,7 +169,13 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabels, Histogram>,
     upstream_requests: Family<UpstreamLabels, Counter>,
-    upstream_duration: Family<ProviderLabels, Histogram>,
+    upstream_duration: Family<TargetLabels, Histogram>,
+    upstream_retries: Family<TargetReasonLabels, Counter>,
+    upstream_fallbacks: Family<TargetReasonLabels, Counter>,
+    breaker_open: Family<TargetLabels, Gauge>,
+    health_error_rate: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    health_latency: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    health_checks: Family<TargetOutcomeLabels, Counter>,
     gen_ai_tokens: Family<GenAiTokenLabels, Histogram>,
     gen_ai_duration: Family<GenAiDurationLabels, Histogram>,
     gen_ai_first_chunk: Family<GenAiLabels, Histogram>,
@@ -265,17 +293,54 @@ impl Metrics {
         let upstream_requests = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_requests",
-            "Requests sent to model providers, by provider and outcome",
+            "Attempts sent to upstream targets, by target, model and HTTP status (or timeout, unavailable, error)",
             upstream_requests.clone(),
         );
-        let upstream_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(
+        let upstream_duration = Family::<TargetLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
         registry.register_with_unit(
             "upstream_request_duration",
-            "Time from sending a request to a provider to receiving its whole response",
+            "Time from sending a request to a target to receiving its whole response, or its headers for a stream",
             prometheus_client::registry::Unit::Seconds,
             upstream_duration.clone(),
+        );
+        let upstream_retries = Family::<TargetReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Attempts repeated on the same target, by target and reason (rate_limited, server_error, timeout, unavailable)",
+            upstream_retries.clone(),
+        );
+        let upstream_fallbacks = Family::<TargetReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_fallbacks",
+            "Requests that left a target for the next one, by target left and reason (failed, breaker_open, retry_after_too_long)",
+            upstream_fallbacks.clone(),
+        );
+        let breaker_open = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "upstream_circuit_breaker_open",
+            "1 while the target's circuit breaker rejects normal traffic (open or half-open), else 0",
+            breaker_open.clone(),
+        );
+        let health_error_rate = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "upstream_health_error_ratio",
+            "Moving average of the target's failed requests and checks, 0 to 1",
+            health_error_rate.clone(),
+        );
+        let health_latency = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "upstream_health_latency",
+            "Moving average of the target's time to response headers",
+            prometheus_client::registry::Unit::Seconds,
+            health_latency.clone(),
+        );
+        let health_checks = Family::<TargetOutcomeLabels, Counter>::default();
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks of idle targets, by target and outcome (success, failure)",
+            health_checks.clone(),
         );
         let guard_duration = Family::<GuardEvaluationLabels, Histogram>::new_with_constructor(
             guard_duration_histogram as fn() -> Histogram,
@@ -369,6 +434,12 @@ impl Metrics {
             request_duration,
             upstream_requests,
             upstream_duration,
+            upstream_retries,
+            upstream_fallbacks,
+            breaker_open,
+            health_error_rate,
+            health_latency,
+            health_checks,
             gen_ai_tokens,
             gen_ai_duration,
             gen_ai_first_chunk,
@@ -420,18 +491,76 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn record_upstream(&self, provider: &str, outcome: &str, elapsed: Duration) {
+    /// Counts one attempt sent to a target. The model label is bounded like the GenAI
+    /// metrics' model label.
+    pub fn record_upstream(&self, target: &str, model: &str, status: &str, elapsed: Duration) {
+        let model = if model.is_empty() {
+            String::new()
+        } else {
+            self.model_label(model)
+        };
         self.upstream_requests
             .get_or_create(&UpstreamLabels {
-                provider: provider.to_owned(),
-                outcome: outcome.to_owned(),
+                target: target.to_owned(),
+                model,
+                status: status.to_owned(),
             })
             .inc();
         self.upstream_duration
-            .get_or_create(&ProviderLabels {
-                provider: provider.to_owned(),
+            .get_or_create(&TargetLabels {
+                target: target.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_retry(&self, target: &str, reason: &str) {
+        self.upstream_retries
+            .get_or_create(&TargetReasonLabels {
+                target: target.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn record_fallback(&self, target: &str, reason: &str) {
+        self.upstream_fallbacks
+            .get_or_create(&TargetReasonLabels {
+                target: target.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn record_health_check(&self, target: &str, success: bool) {
+        self.health_checks
+            .get_or_create(&TargetOutcomeLabels {
+                target: target.to_owned(),
+                outcome: if success { "success" } else { "failure" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets a target's breaker and moving-average gauges; absent averages (no outcome
+    /// yet) leave those gauges unset.
+    pub fn set_target_health(
+        &self,
+        target: &str,
+        breaker_open: bool,
+        error_rate: Option<f64>,
+        latency_secs: Option<f64>,
+    ) {
+        let labels = TargetLabels {
+            target: target.to_owned(),
+        };
+        self.breaker_open
+            .get_or_create(&labels)
+            .set(i64::from(breaker_open));
+        if let Some(rate) = error_rate {
+            self.health_error_rate.get_or_create(&labels).set(rate);
+        }
+        if let Some(latency) = latency_secs {
+            self.health_latency.get_or_create(&labels).set(latency);
+        }
     }
 
     /// Returns the label value for `model`: the name itself, cut to a bounded length,
