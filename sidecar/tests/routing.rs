@@ -26,6 +26,8 @@ enum Reply {
     Status(u16, Option<&'static str>),
     /// 200 event stream that sends one chunk and then breaks the connection.
     StreamThenBreak,
+    /// 200 Anthropic Messages event stream with one text block, complete.
+    AnthropicStream,
 }
 
 #[derive(Default)]
@@ -130,6 +132,21 @@ async fn anthropic_reply(
             .unwrap_or(Reply::Completion)
     };
     match reply {
+        Reply::AnthropicStream => {
+            let events = [
+                ("message_start", json!({"type": "message_start", "message": {"id": "msg_stub", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 20, "output_tokens": 1}}})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "It shipped yesterday."}})),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}})),
+                ("message_stop", json!({"type": "message_stop"})),
+            ];
+            let body: String = events
+                .iter()
+                .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+                .collect();
+            ([("content-type", "text/event-stream")], body).into_response()
+        }
         Reply::Status(status, _) => (
             axum::http::StatusCode::from_u16(status).expect("status code"),
             axum::Json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "stub failure"}})),
@@ -171,7 +188,7 @@ async fn reply(State(state): State<Arc<Mutex<StubState>>>, body: Bytes) -> Respo
             .unwrap_or(Reply::Completion)
     };
     match reply {
-        Reply::Completion => axum::Json(json!({
+        Reply::Completion | Reply::AnthropicStream => axum::Json(json!({
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "created": 1_733_000_000,
@@ -881,4 +898,48 @@ retry: {{maxAttemptsPerTarget: 1}}
         primary_received["_x_api_key"], "client-placeholder",
         "a target without a credential gets the client's key"
     );
+}
+
+#[tokio::test]
+async fn anthropic_stream_falls_back_before_start() {
+    let primary = Stub::start(Reply::Status(503, None)).await;
+    let backup = Stub::start(Reply::AnthropicStream).await;
+    let root = |stub: &Stub| stub.base_url.trim_end_matches("/v1").to_owned();
+    let sidecar = Sidecar::start(&format!(
+        "targets:
+  - {{name: claude-primary, dialect: anthropic, baseUrl: '{}'}}
+  - {{name: claude-backup, dialect: anthropic, baseUrl: '{}'}}
+routes:
+  - {{model: 'claude-*', targets: [claude-primary, claude-backup]}}
+retry: {{maxAttemptsPerTarget: 1}}
+",
+        root(&primary),
+        root(&backup)
+    ))
+    .await;
+
+    let response = sidecar
+        .client
+        .post(format!("{}/v1/messages", sidecar.proxy))
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .body(
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 64,
+                "stream": true,
+                "messages": [{"role": "user", "content": "Where is my parcel?"}],
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("request reaches the sidecar");
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.expect("stream body");
+    // The streaming guard may release the text in several deltas.
+    assert!(body.contains("yesterday."), "{body}");
+    assert!(body.contains("message_stop"), "{body}");
+    assert_eq!(primary.hits(), 1);
+    assert_eq!(backup.hits(), 1);
 }

@@ -206,7 +206,7 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     };
     let summaries = SummaryScheduler::new(
         Arc::new(proxy::UpstreamSummarizer {
-            upstream: openai.clone(),
+            routes: routes.clone(),
             metrics: metrics.clone(),
         }),
         store.clone(),

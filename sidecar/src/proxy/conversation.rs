@@ -10,8 +10,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
-use super::upstream::Upstream;
+use super::routing::{Call, Opened, RouteTable};
 use super::{CONVERSATION_ID_HEADER, ProxyState};
+use crate::config::routing::Dialect;
 use crate::context::window::{SUMMARY_INTRO, fit};
 use crate::context::{
     ContextPolicy, Strategy, SummarizeError, Summarizer, SummaryRequest, TokenCounter,
@@ -385,13 +386,14 @@ fn conceal_message(guard: &Guard, mut message: Message) -> Message {
     message
 }
 
-/// Writes summaries with the sidecar's own OpenAI upstream and credential.
+/// Writes summaries through the OpenAI route of the summary model, with the sidecar's
+/// own credentials, retries and fallback.
 ///
-/// NOTE: without `OPENAI_API_KEY` or `openai.apiKeyFile` the summarizer's request carries
-/// no `Authorization` header, because no client request is there to forward one from.
+/// NOTE: a target without a configured credential gets no `Authorization` header from
+/// the summarizer, because no client request is there to forward one from.
 #[derive(Debug)]
 pub struct UpstreamSummarizer {
-    pub upstream: Upstream,
+    pub routes: Arc<RouteTable>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -418,19 +420,28 @@ impl Summarizer for UpstreamSummarizer {
             ],
             "max_tokens": request.max_output_tokens,
         });
-        let bytes = serde_json::to_vec(&body).map_err(|e| SummarizeError(e.to_string()))?;
-        let response = self
-            .upstream
-            .send(
-                Method::POST,
-                "chat/completions",
-                None,
-                &HeaderMap::new(),
-                Some(Bytes::from(bytes)),
-                &self.metrics,
-            )
-            .await
-            .map_err(|e| SummarizeError(e.to_string()));
+        let bytes =
+            Bytes::from(serde_json::to_vec(&body).map_err(|e| SummarizeError(e.to_string()))?);
+        let call = Call {
+            method: &Method::POST,
+            path: "chat/completions",
+            query: None,
+            headers: &HeaderMap::new(),
+            body: &bytes,
+            stream: false,
+        };
+        let routed = self
+            .routes
+            .dispatch(&self.metrics, Dialect::OpenAi, &request.model, call)
+            .await;
+        let response = match routed {
+            Ok(routed) => match routed.response {
+                Opened::Whole(whole) => Ok(whole),
+                Opened::Headers(response) => routed.target.upstream.read_whole(response).await,
+            },
+            Err(error) => Err(error),
+        }
+        .map_err(|e| SummarizeError(e.to_string()));
         let result = response.and_then(|response| summary_text(&response));
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.metrics.record_summarization(outcome);
