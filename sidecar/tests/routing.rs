@@ -28,6 +28,10 @@ enum Reply {
     StreamThenBreak,
     /// 200 Anthropic Messages event stream with one text block, complete.
     AnthropicStream,
+    /// A completion sent only after this many milliseconds.
+    SlowCompletion(u64),
+    /// 200 event stream that sends one chunk and then nothing for this many milliseconds.
+    StreamThenStall(u64),
 }
 
 #[derive(Default)]
@@ -187,8 +191,42 @@ async fn reply(State(state): State<Arc<Mutex<StubState>>>, body: Bytes) -> Respo
             .or_else(|| state.default.clone())
             .unwrap_or(Reply::Completion)
     };
+    let reply = match reply {
+        Reply::SlowCompletion(delay_ms) => {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Reply::Completion
+        }
+        other => other,
+    };
     match reply {
-        Reply::Completion | Reply::AnthropicStream => axum::Json(json!({
+        Reply::StreamThenStall(stall_ms) => {
+            let first = format!(
+                "data: {}\n\n",
+                json!({
+                    "id": "chatcmpl-stub", "object": "chat.completion.chunk",
+                    "created": 1_733_000_000, "model": model,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Your parcel "}, "finish_reason": null}]
+                })
+            );
+            let stream = futures_util::stream::unfold(0u8, move |step| {
+                let first = first.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok::<_, std::io::Error>(Bytes::from(first)), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+                            Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .expect("stream response")
+        }
+        Reply::Completion | Reply::AnthropicStream | Reply::SlowCompletion(_) => axum::Json(json!({
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "created": 1_733_000_000,
@@ -942,4 +980,71 @@ retry: {{maxAttemptsPerTarget: 1}}
     assert!(body.contains("message_stop"), "{body}");
     assert_eq!(primary.hits(), 1);
     assert_eq!(backup.hits(), 1);
+}
+
+#[tokio::test]
+async fn first_byte_timeout_falls_back() {
+    let primary = Stub::start(Reply::SlowCompletion(2_000)).await;
+    let backup = Stub::start(Reply::Completion).await;
+    let sidecar = Sidecar::start(&format!(
+        "targets:
+  - {{name: primary, dialect: openai, baseUrl: '{}', firstByteTimeoutMs: 300}}
+  - {{name: backup, dialect: openai, baseUrl: '{}'}}
+routes:
+  - {{model: 'gpt-4o*', targets: [primary, backup]}}
+retry: {{maxAttemptsPerTarget: 1}}
+",
+        primary.base_url, backup.base_url
+    ))
+    .await;
+
+    let started = Instant::now();
+    let response = sidecar.chat(false).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the primary's slow reply was not awaited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(primary.hits(), 1);
+    assert_eq!(backup.hits(), 1);
+    let (_, ready) = sidecar.readyz().await;
+    assert_eq!(
+        ready["targets"]["primary"]["lastError"], "timeout",
+        "{ready}"
+    );
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_ends_the_stream() {
+    let primary = Stub::start(Reply::StreamThenStall(3_000)).await;
+    let backup = Stub::start(Reply::Completion).await;
+    let sidecar = Sidecar::start(&format!(
+        "targets:
+  - {{name: primary, dialect: openai, baseUrl: '{}', streamIdleTimeoutMs: 400}}
+  - {{name: backup, dialect: openai, baseUrl: '{}'}}
+routes:
+  - {{model: 'gpt-4o*', targets: [primary, backup]}}
+",
+        primary.base_url, backup.base_url
+    ))
+    .await;
+
+    let started = Instant::now();
+    let response = sidecar.chat(true).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.expect("stream body");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "the stall was not cut at the idle timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(body.contains("upstream_timeout"), "{body}");
+    assert!(!body.contains("[DONE]"), "{body}");
+    assert_eq!(backup.hits(), 0, "a started stream does not fall back");
+    let (_, ready) = sidecar.readyz().await;
+    assert_eq!(
+        ready["targets"]["primary"]["lastError"], "stream idle timeout",
+        "{ready}"
+    );
 }
