@@ -280,6 +280,14 @@ pub(super) fn resolve_routing(
     ] {
         let covered = routes.iter().any(|route| route.dialect == dialect);
         if let (false, Some(provider)) = (covered, provider) {
+            if targets.iter().any(|target| target.name == name) {
+                errors.push(format!(
+                    "targets: the name {name:?} belongs to the {name} provider's catch-all \
+                     route, which applies because no route serves {name} requests; rename the \
+                     target or add a route for {name} requests"
+                ));
+                continue;
+            }
             let index = targets.len();
             targets.push(TargetConfig {
                 name: name.to_owned(),
@@ -701,6 +709,23 @@ retry: {initialBackoffMs: 500, maxBackoffMs: 100}
                 "missing {expected:?} in\n{joined}"
             );
         }
+    }
+
+    #[test]
+    fn catch_all_name_is_reserved() {
+        let errors = resolve(
+            "targets:
+  - {name: openai, dialect: anthropic, baseUrl: 'http://127.0.0.1:1'}
+routes:
+  - {model: 'claude-*', targets: [openai]}
+",
+        )
+        .expect_err("name clash");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("targets: the name \"openai\" belongs to"),
+            "{errors:?}"
+        );
     }
 
     #[test]
