@@ -55,7 +55,7 @@ admin_port="$(free_port)"
 
 start_ns="$(date +%s%N)"
 RUST_LOG=warn "$sidecar_bin" serve --policy "$POLICY" --listen "127.0.0.1:$proxy_port" \
-    --admin-listen "127.0.0.1:$admin_port" --openai-upstream "http://127.0.0.1:$stub_port/v1" &
+    --admin-listen "127.0.0.1:$admin_port" --grpc-listen 127.0.0.1:0 --openai-upstream "http://127.0.0.1:$stub_port/v1" &
 sidecar_pid="$!"
 pids+=("$sidecar_pid")
 for _ in $(seq 1 2000); do

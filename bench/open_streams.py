@@ -100,6 +100,7 @@ async def main() -> None:
     server = await asyncio.start_server(stub, "127.0.0.1", upstream_port, backlog=2048)
     sidecar = subprocess.Popen(
         [BINARY, "serve", "--listen", f"127.0.0.1:{proxy_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+         "--grpc-listen", "127.0.0.1:0",
          "--openai-upstream", f"http://127.0.0.1:{upstream_port}/v1"],
         env={**os.environ, "RUST_LOG": "warn"},
         stderr=subprocess.DEVNULL,

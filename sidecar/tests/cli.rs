@@ -174,6 +174,8 @@ fn serve_rejects_missing_policy_path() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
             "--policy",
             "/nonexistent/policy.yaml",
         ])

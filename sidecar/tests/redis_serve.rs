@@ -26,6 +26,7 @@ impl Sidecar {
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
             .args(["serve", "--listen", &proxy, "--admin-listen", &admin])
+            .args(["--grpc-listen", "127.0.0.1:0"])
             .args(["--openai-upstream", upstream, "--redis-url", redis_url])
             .env_remove("AGENT_SIDECAR_CONFIG")
             .env_remove("AGENT_SIDECAR_POLICY")
@@ -68,10 +69,10 @@ async fn start_upstream() -> String {
 async fn wait_ok(client: &reqwest::Client, url: &str, limit: Duration) -> Duration {
     let started = Instant::now();
     while started.elapsed() < limit {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status() == 200 {
-                return started.elapsed();
-            }
+        if let Ok(response) = client.get(url).send().await
+            && response.status() == 200
+        {
+            return started.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -308,6 +308,7 @@ impl Sidecar {
         let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
             .args(["serve", "--listen", &proxy, "--admin-listen", &admin])
+            .args(["--grpc-listen", "127.0.0.1:0"])
             .arg("--config")
             .arg(&path)
             .env_remove("AGENT_SIDECAR_CONFIG")
@@ -342,10 +343,9 @@ impl Sidecar {
                 .get(format!("{}/livez", self.admin))
                 .send()
                 .await
+                && response.status() == 200
             {
-                if response.status() == 200 {
-                    return;
-                }
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

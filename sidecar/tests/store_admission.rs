@@ -54,10 +54,10 @@ async fn start_upstream() -> String {
 async fn wait_ok(client: &reqwest::Client, url: &str, limit: Duration) {
     let started = Instant::now();
     while started.elapsed() < limit {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status() == 200 {
-                return;
-            }
+        if let Ok(response) = client.get(url).send().await
+            && response.status() == 200
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -94,6 +94,7 @@ async fn full_buffer_rejects_when_fail_closed() {
     let closed_redis = format!("redis://127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
         .args(["serve", "--listen", &proxy, "--admin-listen", &admin])
+        .args(["--grpc-listen", "127.0.0.1:0"])
         .args(["--openai-upstream", &upstream, "--redis-url", &closed_redis])
         .arg("--config")
         .arg(&config)

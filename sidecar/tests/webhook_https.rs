@@ -473,10 +473,10 @@ async fn webhook_command_serves_and_stops_on_sigterm() {
     let deadline = Instant::now() + WAIT_LIMIT;
     let ready_url = format!("http://127.0.0.1:{admin_port}/readyz");
     loop {
-        if let Ok(response) = reqwest::get(&ready_url).await {
-            if response.status() == 200 {
-                break;
-            }
+        if let Ok(response) = reqwest::get(&ready_url).await
+            && response.status() == 200
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,

@@ -416,6 +416,8 @@ class SidecarProcess:
             "serve",
             "--listen", f"127.0.0.1:{self.port}",
             "--admin-listen", f"127.0.0.1:{self.admin_port}",
+            # Port 0 keeps sidecars started side by side off the default gRPC port.
+            *(() if "--grpc-listen" in self.extra_args else ("--grpc-listen", "127.0.0.1:0")),
             "--openai-upstream", self.upstream_url,
             "--anthropic-upstream", self.anthropic_upstream_url,
             "--policy", self.policy_path,

@@ -149,11 +149,11 @@ fn read_input(file: Option<&PathBuf>) -> Result<String, String> {
 fn check_text(guard: &Guard, direction: Direction, text: &str) -> Report {
     let mut verdict = Verdict::Allow;
     let mut findings = Vec::new();
-    if direction == Direction::Input {
-        if let Some(finding) = guard.check_on_topic(&[text]) {
-            verdict.merge(Verdict::from_finding(&finding));
-            findings.push(finding);
-        }
+    if direction == Direction::Input
+        && let Some(finding) = guard.check_on_topic(&[text])
+    {
+        verdict.merge(Verdict::from_finding(&finding));
+        findings.push(finding);
     }
     let check = guard.check_content(direction, &[text]);
     verdict.merge(check.verdict.clone());
@@ -261,10 +261,10 @@ fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
         }
         writeln!(out, "{line}")?;
     }
-    if let Some(text) = &report.text {
-        if report.findings.iter().any(Finding::is_enforced) {
-            writeln!(out, "  text: {text}")?;
-        }
+    if let Some(text) = &report.text
+        && report.findings.iter().any(Finding::is_enforced)
+    {
+        writeln!(out, "  text: {text}")?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, Secret, SecretSource};
 use crate::context::{SummaryScheduler, summarize};
+use crate::grpc::{self, GrpcState};
 use crate::guard::pii::HashKey;
 use crate::health::{self, AdminState};
 use crate::policy::Policy;
@@ -48,7 +49,8 @@ pub struct ServeArgs {
     /// Model proxy address [default: 127.0.0.1:14100].
     #[arg(long, env = "AGENT_SIDECAR_LISTEN")]
     pub listen: Option<String>,
-    /// gRPC address, reserved for the local gRPC API [default: 127.0.0.1:14101].
+    /// gRPC API address, IP:PORT or unix:PATH for a Unix domain socket
+    /// [default: 127.0.0.1:14101].
     #[arg(long, env = "AGENT_SIDECAR_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
     /// Admin address for probes and metrics [default: 0.0.0.0:14190].
@@ -115,8 +117,34 @@ pub fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> {
-    let policy =
-        Policy::load_or_default(config.policy.as_deref()).map_err(|errors| errors.to_string())?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    grpc::set_serving(&health_reporter, false).await;
+    let (policy, admin_listener, grpc_listener) = match awaited_policy(config.policy.as_deref()) {
+        Some(path) => {
+            let admin_listener = bind(config.admin_listen, "adminListen").await?;
+            let grpc_listener = grpc::bind(&config.grpc_listen).await?;
+            let waited = wait_for_policy(
+                path,
+                &admin_listener,
+                &grpc_listener,
+                health_service.clone(),
+            )
+            .await?;
+            let Some(policy) = waited else {
+                tracing::info!("agent-sidecar stopped before its policy appeared");
+                return Ok(());
+            };
+            (policy, admin_listener, grpc_listener)
+        }
+        None => {
+            // Loaded before binding, so a wrong path or an invalid policy fails at once.
+            let policy = Policy::load_or_default(config.policy.as_deref())
+                .map_err(|errors| errors.to_string())?;
+            let admin_listener = bind(config.admin_listen, "adminListen").await?;
+            let grpc_listener = grpc::bind(&config.grpc_listen).await?;
+            (policy, admin_listener, grpc_listener)
+        }
+    };
     tracing::info!(
         policy = %policy.identity.name,
         policy.hash = %policy.identity.hash,
@@ -187,7 +215,6 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     }
 
     let proxy_listener = bind(config.listen, "listen").await?;
-    let admin_listener = bind(config.admin_listen, "adminListen").await?;
     if !config.listen.ip().is_loopback() {
         tracing::warn!(address = %config.listen, "model proxy listens on a non-loopback address; other pods can reach it");
     }
@@ -212,6 +239,14 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         store.clone(),
         summarize::DEFAULT_RETRY,
     );
+    let grpc_state = GrpcState {
+        guard: guard.clone(),
+        store: store.clone(),
+        models: Arc::new(config.models.clone()),
+        summaries: summaries.clone(),
+        metrics: metrics.clone(),
+        max_message_bytes: config.max_request_body_bytes,
+    };
     let proxy_router = proxy::router(ProxyState {
         guard: guard.clone(),
         openai,
@@ -230,14 +265,15 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         .clone()
         .filter(|_| !reload_interval.is_zero())
         .map(|path| PolicyWatcher::new(guard.clone(), path, metrics.clone()));
-    let admin_router = health::router(AdminState {
+    let admin_state = AdminState {
         guard,
         store: store.clone(),
         metrics,
         routes,
         started: started.clone(),
         ready: ready.clone(),
-    });
+    };
+    let admin_router = health::router(admin_state.clone());
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let proxy_task = tokio::spawn(run_server(
@@ -253,11 +289,23 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         );
         tokio::spawn(watcher.run(reload_interval, shutdown_rx.clone()));
     }
-    let admin_task = tokio::spawn(run_server(admin_listener, admin_router, shutdown_rx));
+    let admin_task = tokio::spawn(run_server(
+        admin_listener,
+        admin_router,
+        shutdown_rx.clone(),
+    ));
+    let grpc_task = tokio::spawn(grpc::serve(
+        grpc_listener,
+        grpc_state,
+        health_service,
+        shutdown_rx.clone(),
+    ));
+    let health_task = tokio::spawn(mirror_readiness(admin_state, health_reporter, shutdown_rx));
     started.store(true, Ordering::Release);
     tracing::info!(
         listen = %config.listen,
         admin = %config.admin_listen,
+        grpc = %config.grpc_listen,
         upstream = %config.openai.base_url,
         "agent-sidecar started"
     );
@@ -266,7 +314,8 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     tracing::info!("shutdown requested; draining connections");
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
-    for task in [proxy_task, admin_task] {
+    let _ = health_task.await;
+    for task in [proxy_task, admin_task, grpc_task] {
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
@@ -294,6 +343,88 @@ fn log_credential_source(provider: &str, key: &Option<(Secret, SecretSource)>) {
     }
 }
 
+/// Returns the policy path to wait for: one that does not exist yet in a directory that
+/// does, as when a ConfigMap volume is mounted before its file is written. A path whose
+/// directory is missing too is a mistake, reported at once by the load.
+fn awaited_policy(path: Option<&std::path::Path>) -> Option<&std::path::Path> {
+    let path = path?;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    (!path.exists() && directory.is_dir()).then_some(path)
+}
+
+/// How often a missing policy file is looked for.
+const POLICY_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Waits until the policy file at `path` exists and compiles, serving meanwhile the
+/// admin probes (live, not ready) and gRPC health checks (NOT_SERVING) on copies of the
+/// listeners. Returns `None` when shutdown was requested first.
+async fn wait_for_policy(
+    path: &std::path::Path,
+    admin_listener: &TcpListener,
+    grpc_listener: &grpc::GrpcListener,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<Option<Policy>, String> {
+    use std::os::fd::AsFd;
+    tracing::warn!(
+        policy.source = %path.display(),
+        "policy file does not exist; waiting for it, not ready meanwhile"
+    );
+    let admin_copy = admin_listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpListener::from)
+        .and_then(TcpListener::from_std)
+        .map_err(|e| format!("cannot duplicate the admin listener: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = tokio::spawn(run_server(
+        admin_copy,
+        health::waiting_router(path),
+        stop_rx.clone(),
+    ));
+    let grpc_task = tokio::spawn(grpc::serve_health_only(
+        grpc_listener.duplicate()?,
+        health,
+        stop_rx,
+    ));
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut last_error = None;
+    let policy = loop {
+        tokio::select! {
+            _ = &mut shutdown => break None,
+            _ = tokio::time::sleep(POLICY_POLL_INTERVAL) => {}
+        }
+        if !path.exists() {
+            continue;
+        }
+        match Policy::load(path) {
+            Ok(policy) => break Some(policy),
+            // A file still being written fails to parse; each new error is logged once.
+            Err(errors) => {
+                let message = errors.to_string();
+                if last_error.as_ref() != Some(&message) {
+                    tracing::warn!(error = %message, "policy file is invalid; waiting for a valid one");
+                    last_error = Some(message);
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    for task in [admin_task, grpc_task] {
+        match task.await {
+            Ok(result) => result?,
+            Err(e) => return Err(format!("server task failed: {e}")),
+        }
+    }
+    Ok(policy)
+}
+
 async fn bind(address: std::net::SocketAddr, field: &str) -> Result<TcpListener, String> {
     TcpListener::bind(address)
         .await
@@ -311,6 +442,31 @@ async fn run_server(
         })
         .await
         .map_err(|e| format!("server failed: {e}"))
+}
+
+/// How often the gRPC health status is brought in line with `/readyz`.
+const HEALTH_SYNC_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Keeps the gRPC health status equal to `/readyz` until shutdown, then reports
+/// NOT_SERVING so clients stop sending before the listeners close.
+async fn mirror_readiness(
+    admin: AdminState,
+    reporter: tonic_health::server::HealthReporter,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut reported = None;
+    loop {
+        let ready = health::is_ready(admin.clone()).await;
+        if reported != Some(ready) {
+            grpc::set_serving(&reporter, ready).await;
+            reported = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_SYNC_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    grpc::set_serving(&reporter, false).await;
 }
 
 async fn shutdown_signal() {

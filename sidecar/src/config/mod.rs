@@ -28,7 +28,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:14100";
 /// Admin address: all interfaces, because the kubelet probes and Prometheus scrapes it
 /// from outside the pod's network namespace.
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:14190";
-/// gRPC address, reserved for the local gRPC API.
+/// gRPC API address: loopback, like the model proxy.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:14101";
 pub const DEFAULT_OPENAI_UPSTREAM: &str = "https://api.openai.com/v1";
 pub const DEFAULT_ANTHROPIC_UPSTREAM: &str = "https://api.anthropic.com";
@@ -58,6 +58,7 @@ pub const MIN_VAULT_KEY_BYTES: usize = 32;
 pub struct RawConfig {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// gRPC API address: `IP:PORT`, or `unix:PATH` for a Unix domain socket.
     pub grpc_listen: Option<String>,
     /// Policy file or directory; the embedded default policy when unset.
     pub policy: Option<PathBuf>,
@@ -243,7 +244,7 @@ pub struct Provider {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub grpc_listen: SocketAddr,
+    pub grpc_listen: ListenAddress,
     pub policy: Option<PathBuf>,
     pub openai: Provider,
     pub anthropic: Provider,
@@ -327,19 +328,20 @@ impl Config {
             DEFAULT_ADMIN_LISTEN,
             &mut errors,
         );
-        let grpc_listen = parse_addr(
+        let grpc_listen = parse_listen_address(
             "grpcListen",
             overrides.grpc_listen.or(raw.grpc_listen),
             DEFAULT_GRPC_LISTEN,
             &mut errors,
         );
-        if let (Some(a), Some(b)) = (listen, admin_listen) {
-            if a.port() != 0 && a.port() == b.port() {
-                errors.push(format!(
-                    "listen and adminListen both use port {}; give each its own port",
-                    a.port()
-                ));
-            }
+        if let (Some(a), Some(b)) = (listen, admin_listen)
+            && a.port() != 0
+            && a.port() == b.port()
+        {
+            errors.push(format!(
+                "listen and adminListen both use port {}; give each its own port",
+                a.port()
+            ));
         }
         let openai = resolve_provider(
             "openai",
@@ -371,18 +373,18 @@ impl Config {
                 .var("AGENT_SIDECAR_VAULT_KEY")
                 .map(|key| (Secret(key.trim().to_owned()), SecretSource::Environment)),
         };
-        if let Some((key, source)) = &vault_key {
-            if key.expose().len() < MIN_VAULT_KEY_BYTES {
-                let field = match source {
-                    SecretSource::File => "vault.keyFile",
-                    SecretSource::Environment => "AGENT_SIDECAR_VAULT_KEY",
-                };
-                errors.push(format!(
-                    "{field}: the vault key has {} bytes, fewer than {MIN_VAULT_KEY_BYTES}; \
+        if let Some((key, source)) = &vault_key
+            && key.expose().len() < MIN_VAULT_KEY_BYTES
+        {
+            let field = match source {
+                SecretSource::File => "vault.keyFile",
+                SecretSource::Environment => "AGENT_SIDECAR_VAULT_KEY",
+            };
+            errors.push(format!(
+                "{field}: the vault key has {} bytes, fewer than {MIN_VAULT_KEY_BYTES}; \
                      generate one with `openssl rand -base64 32`",
-                    key.expose().len()
-                ));
-            }
+                key.expose().len()
+            ));
         }
         let models = resolve_models(&raw.models, &mut errors);
         let max_request_body_bytes = positive(
@@ -467,6 +469,43 @@ impl Config {
             routing,
         })
     }
+}
+
+/// An address a server listens on: a TCP socket address or a Unix domain socket path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Tcp(address) => write!(f, "{address}"),
+            ListenAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Parses `IP:PORT`, or `unix:PATH` (also `unix://PATH`, as gRPC clients write it).
+fn parse_listen_address(
+    field: &str,
+    value: Option<String>,
+    default: &str,
+    errors: &mut Vec<String>,
+) -> Option<ListenAddress> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    let Some(path) = text.strip_prefix("unix:") else {
+        return parse_addr(field, Some(text), default, errors).map(ListenAddress::Tcp);
+    };
+    let path = path.strip_prefix("//").unwrap_or(path);
+    if path.is_empty() {
+        errors.push(format!(
+            "{field}: invalid address {text:?}; a Unix socket needs a path, such as unix:/run/agent-sidecar/grpc.sock"
+        ));
+        return None;
+    }
+    Some(ListenAddress::Unix(PathBuf::from(path)))
 }
 
 fn parse_addr(

@@ -469,11 +469,11 @@ fn resolve_route(
         ));
         return None;
     }
-    if is_glob(model) {
-        if let Err(e) = globset::Glob::new(model) {
-            errors.push(format!("{path}.model: invalid glob {model:?}: {e}"));
-            return None;
-        }
+    if is_glob(model)
+        && let Err(e) = globset::Glob::new(model)
+    {
+        errors.push(format!("{path}.model: invalid glob {model:?}: {e}"));
+        return None;
     }
     if raw.targets.is_empty() {
         errors.push(format!("{path}.targets: list at least one target name"));

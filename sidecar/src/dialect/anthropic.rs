@@ -451,10 +451,10 @@ pub fn guard_tool_use(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    if !block.get("input").is_some_and(Value::is_object) {
-        if let Value::Object(fields) = block {
-            fields.insert("input".to_owned(), json!({}));
-        }
+    if !block.get("input").is_some_and(Value::is_object)
+        && let Value::Object(fields) = block
+    {
+        fields.insert("input".to_owned(), json!({}));
     }
     let Some(input) = block.get_mut("input") else {
         return;
@@ -517,10 +517,10 @@ pub fn restore_block(guard: &Guard, block: &mut Value) {
         if let std::borrow::Cow::Owned(restored) = guard.restore(text) {
             *text = restored;
         }
-    } else if block_type(block) == Some("tool_use") {
-        if let Some(input) = block.get_mut("input") {
-            restore_json_strings(guard, input);
-        }
+    } else if block_type(block) == Some("tool_use")
+        && let Some(input) = block.get_mut("input")
+    {
+        restore_json_strings(guard, input);
     }
 }
 

@@ -320,10 +320,10 @@ fn guard_message(
             }
         }
     }
-    if let Some(function) = message.get_mut("function_call") {
-        if function.is_object() {
-            guard_function_call(guard, direction, function, evaluation);
-        }
+    if let Some(function) = message.get_mut("function_call")
+        && function.is_object()
+    {
+        guard_function_call(guard, direction, function, evaluation);
     }
 }
 
@@ -354,10 +354,10 @@ fn guard_content(
             let check = guard.check_content(direction, &refs);
             let mut transformed = check.transformed.iter();
             for part in parts.iter_mut() {
-                if let Some(text) = part_text_mut(part) {
-                    if let Some(Some(new_text)) = transformed.next() {
-                        *text = new_text.clone();
-                    }
+                if let Some(text) = part_text_mut(part)
+                    && let Some(Some(new_text)) = transformed.next()
+                {
+                    *text = new_text.clone();
                 }
             }
             evaluation.absorb(check.verdict, check.findings);
@@ -611,10 +611,10 @@ impl AssembledCall {
         };
         // Some servers (llama.cpp among them) repeat the whole name in every delta;
         // others send it once or in pieces. A repeat is not appended.
-        if let Some(name) = function.get("name").and_then(Value::as_str) {
-            if self.name != name {
-                self.name.push_str(name);
-            }
+        if let Some(name) = function.get("name").and_then(Value::as_str)
+            && self.name != name
+        {
+            self.name.push_str(name);
         }
         if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
             self.arguments.push_str(arguments);
@@ -638,12 +638,12 @@ impl StreamAssembly {
             self.error = Some(json!({"error": error}));
             return;
         }
-        if self.template.is_empty() {
-            if let Value::Object(fields) = chunk {
-                for (key, value) in fields {
-                    if !matches!(key.as_str(), "choices" | "usage" | "object") {
-                        self.template.insert(key.clone(), value.clone());
-                    }
+        if self.template.is_empty()
+            && let Value::Object(fields) = chunk
+        {
+            for (key, value) in fields {
+                if !matches!(key.as_str(), "choices" | "usage" | "object") {
+                    self.template.insert(key.clone(), value.clone());
                 }
             }
         }

@@ -39,45 +39,45 @@ impl Constraint {
                 .required
                 .then(|| format!("required argument {pointer} is missing"));
         };
-        if let Some(allowed) = &self.one_of {
-            if !allowed.iter().any(|a| json_equal(a, value)) {
-                return Some(format!(
-                    "argument {pointer} is not one of the allowed values"
-                ));
-            }
+        if let Some(allowed) = &self.one_of
+            && !allowed.iter().any(|a| json_equal(a, value))
+        {
+            return Some(format!(
+                "argument {pointer} is not one of the allowed values"
+            ));
         }
         if self.min.is_some() || self.max.is_some() {
             let Some(number) = value.as_f64() else {
                 return Some(format!("argument {pointer} must be a number"));
             };
-            if let Some(min) = self.min {
-                if number < min {
-                    return Some(format!("argument {pointer} is below the minimum {min}"));
-                }
+            if let Some(min) = self.min
+                && number < min
+            {
+                return Some(format!("argument {pointer} is below the minimum {min}"));
             }
-            if let Some(max) = self.max {
-                if number > max {
-                    return Some(format!("argument {pointer} is above the maximum {max}"));
-                }
+            if let Some(max) = self.max
+                && number > max
+            {
+                return Some(format!("argument {pointer} is above the maximum {max}"));
             }
         }
         if self.pattern.is_some() || self.max_length.is_some() {
             let Some(text) = value.as_str() else {
                 return Some(format!("argument {pointer} must be a string"));
             };
-            if let Some(max_length) = self.max_length {
-                if text.chars().count() > max_length {
-                    return Some(format!(
-                        "argument {pointer} is longer than {max_length} characters"
-                    ));
-                }
+            if let Some(max_length) = self.max_length
+                && text.chars().count() > max_length
+            {
+                return Some(format!(
+                    "argument {pointer} is longer than {max_length} characters"
+                ));
             }
-            if let Some(pattern) = &self.pattern {
-                if !pattern.is_match(text) {
-                    return Some(format!(
-                        "argument {pointer} does not match the required pattern"
-                    ));
-                }
+            if let Some(pattern) = &self.pattern
+                && !pattern.is_match(text)
+            {
+                return Some(format!(
+                    "argument {pointer} does not match the required pattern"
+                ));
             }
         }
         None

@@ -164,3 +164,30 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .insert(header::CONTENT_TYPE, content_type);
     response
 }
+
+/// Returns whether `/readyz` currently reports ready; the gRPC health service mirrors it.
+pub async fn is_ready(state: AdminState) -> bool {
+    readyz(State(state)).await.status().is_success()
+}
+
+/// Builds the admin routes served while the configured policy file does not exist yet:
+/// live, but neither started nor ready, and `/readyz` says which file is missing.
+pub fn waiting_router(policy_path: &std::path::Path) -> Router {
+    let source = policy_path.display().to_string();
+    let readyz = move || {
+        let body = json!({
+            "status": "not_ready",
+            "checks": {
+                "policy": {"status": "missing", "source": source},
+            },
+        });
+        async move { (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)) }
+    };
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route(
+            "/startupz",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "waiting for the policy\n") }),
+        )
+}

@@ -415,10 +415,10 @@ fn compile_constraint(
             errors.push(format!("{path}.{name}"), "must be a finite number");
         }
     }
-    if let (Some(min), Some(max)) = (argument.min, argument.max) {
-        if min > max {
-            errors.push(path, format!("min {min} is greater than max {max}"));
-        }
+    if let (Some(min), Some(max)) = (argument.min, argument.max)
+        && min > max
+    {
+        errors.push(path, format!("min {min} is greater than max {max}"));
     }
     if argument.one_of.as_ref().is_some_and(Vec::is_empty) {
         errors.push(format!("{path}.enum"), "must list at least one value");

@@ -171,21 +171,21 @@ pub fn compile_context(
         ContextStrategy::Reject => Strategy::Reject,
     };
     let summarizer = spec.summarizer.clone().unwrap_or_default();
-    if let Some(model) = &summarizer.model {
-        if model.trim().is_empty() {
-            push(
-                "summarizer.model",
-                "must not be empty; omit it to use the conversation's model".to_owned(),
-            );
-        }
+    if let Some(model) = &summarizer.model
+        && model.trim().is_empty()
+    {
+        push(
+            "summarizer.model",
+            "must not be empty; omit it to use the conversation's model".to_owned(),
+        );
     }
-    if let Some(prompt) = &summarizer.prompt {
-        if prompt.trim().is_empty() {
-            push(
-                "summarizer.prompt",
-                "must not be empty; omit it to use the default prompt".to_owned(),
-            );
-        }
+    if let Some(prompt) = &summarizer.prompt
+        && prompt.trim().is_empty()
+    {
+        push(
+            "summarizer.prompt",
+            "must not be empty; omit it to use the default prompt".to_owned(),
+        );
     }
     if summarizer.max_output_tokens == Some(0) {
         push(

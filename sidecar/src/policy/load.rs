@@ -271,19 +271,19 @@ fn parse_document(
     }
 
     let api_version = take_string(&mut top, "apiVersion", &mut push);
-    if let Some(v) = &api_version {
-        if v != API_VERSION {
-            push(
-                "apiVersion",
-                format!("unsupported apiVersion {v:?}; this build reads {API_VERSION:?}"),
-            );
-        }
+    if let Some(v) = &api_version
+        && v != API_VERSION
+    {
+        push(
+            "apiVersion",
+            format!("unsupported apiVersion {v:?}; this build reads {API_VERSION:?}"),
+        );
     }
     let kind = take_string(&mut top, "kind", &mut push);
-    if let Some(k) = &kind {
-        if k != KIND {
-            push("kind", format!("unsupported kind {k:?}; expected {KIND:?}"));
-        }
+    if let Some(k) = &kind
+        && k != KIND
+    {
+        push("kind", format!("unsupported kind {k:?}; expected {KIND:?}"));
     }
     let metadata = match top.remove("metadata") {
         Some(value) => deserialize_at::<Metadata>(value, "metadata", source, errors),

@@ -146,10 +146,10 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     let call_started = Instant::now();
     let model = context.model.as_str();
     let mut sent = send_chat(state, model, &forwarded, query.as_deref(), &headers).await;
-    if let Ok(upstream) = &sent {
-        if let Some(retry) = overflow_retry(state, upstream, compaction.as_ref(), &forwarded) {
-            sent = send_chat(state, model, &retry, query.as_deref(), &headers).await;
-        }
+    if let Ok(upstream) = &sent
+        && let Some(retry) = overflow_retry(state, upstream, compaction.as_ref(), &forwarded)
+    {
+        sent = send_chat(state, model, &retry, query.as_deref(), &headers).await;
     }
     record_call(state, &context.call, call_started, sent.as_ref());
     finish_whole(state, sent?, &context).await

@@ -118,13 +118,13 @@ impl MemoryStore {
                 version: conversation.version,
             });
         }
-        if let Some(expected) = append.expected_version {
-            if expected != conversation.version {
-                return Err(StoreError::Conflict {
-                    expected,
-                    current: conversation.version,
-                });
-            }
+        if let Some(expected) = append.expected_version
+            && expected != conversation.version
+        {
+            return Err(StoreError::Conflict {
+                expected,
+                current: conversation.version,
+            });
         }
 
         let Turn { model, policy, .. } = &append.turn;

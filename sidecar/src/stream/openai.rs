@@ -180,16 +180,16 @@ impl OpenAiStream {
     }
 
     fn on_chunk(&mut self, mut chunk: Value, out: &mut String) -> Flow {
-        if self.envelope.is_none() {
-            if let Value::Object(fields) = &chunk {
-                let envelope: Map<String, Value> = fields
-                    .iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "choices" | "usage"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                self.released.push(&Value::Object(envelope.clone()));
-                self.envelope = Some(envelope);
-            }
+        if self.envelope.is_none()
+            && let Value::Object(fields) = &chunk
+        {
+            let envelope: Map<String, Value> = fields
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "choices" | "usage"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            self.released.push(&Value::Object(envelope.clone()));
+            self.envelope = Some(envelope);
         }
         let usage = chunk.get("usage").filter(|u| !u.is_null()).cloned();
         if let Some(usage) = &usage {
@@ -213,10 +213,10 @@ impl OpenAiStream {
                 return flow;
             }
         }
-        if let Some(usage) = usage {
-            if !self.strip_usage {
-                self.emit(out, json!([]), Some(usage));
-            }
+        if let Some(usage) = usage
+            && !self.strip_usage
+        {
+            self.emit(out, json!([]), Some(usage));
         }
         Flow::Continue
     }

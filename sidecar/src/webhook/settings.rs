@@ -247,20 +247,20 @@ impl InjectionSettings {
             ("default policy ConfigMap", &self.default_policy),
             ("credentials Secret", &self.credentials_secret),
         ] {
-            if let Some(name) = name {
-                if !is_dns_subdomain(name) {
-                    problems.push(format!(
-                        "{what} name {name:?} is not a valid Kubernetes object name"
-                    ));
-                }
-            }
-        }
-        if let RedisSetting::Secret(name) = &self.redis {
-            if !is_dns_subdomain(name) {
+            if let Some(name) = name
+                && !is_dns_subdomain(name)
+            {
                 problems.push(format!(
-                    "Redis Secret name {name:?} is not a valid Kubernetes object name"
+                    "{what} name {name:?} is not a valid Kubernetes object name"
                 ));
             }
+        }
+        if let RedisSetting::Secret(name) = &self.redis
+            && !is_dns_subdomain(name)
+        {
+            problems.push(format!(
+                "Redis Secret name {name:?} is not a valid Kubernetes object name"
+            ));
         }
         if !is_log_level(&self.log_level) {
             problems.push(format!(

@@ -21,7 +21,7 @@ pub(super) fn luhn_valid(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Returns whether the issuer prefix of a card number matches its length.

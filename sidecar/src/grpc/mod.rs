@@ -1,0 +1,232 @@
+//! The local gRPC API (`agent_sidecar.v1`, from `proto/`): the same guard engine,
+//! conversation store and context management as the model proxy, for agents that do not
+//! call models through the proxy. Served on loopback or a Unix domain socket, beside
+//! `grpc.health.v1.Health` and server reflection.
+
+pub mod convert;
+pub mod guardrails;
+pub mod invalid;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+
+use crate::config::ListenAddress;
+use crate::context::{ModelCatalog, SummaryScheduler};
+use crate::guard::{Finding, Guard};
+use crate::policy::reload::GuardHandle;
+use crate::state::ConversationStore;
+use crate::telemetry::metrics::Metrics;
+
+/// Code generated from `proto/agent_sidecar/v1/*.proto` by `build.rs`.
+#[allow(
+    missing_debug_implementations,
+    unused_qualifications,
+    clippy::all,
+    clippy::pedantic,
+    reason = "generated code"
+)]
+pub mod proto {
+    tonic::include_proto!("agent_sidecar.v1");
+
+    /// Encoded descriptors of the API's files and their imports, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/agent_sidecar_descriptor.bin"));
+}
+
+/// Fully qualified names of the API's services, as health checks name them.
+pub const SERVICE_NAMES: [&str; 1] = ["agent_sidecar.v1.Guardrails"];
+
+/// State shared by every gRPC service.
+#[derive(Debug, Clone)]
+pub struct GrpcState {
+    /// The reloadable guard; each request takes one snapshot of it.
+    pub guard: Arc<GuardHandle>,
+    pub store: Arc<dyn ConversationStore>,
+    /// Context windows and output limits per model.
+    pub models: Arc<ModelCatalog>,
+    pub summaries: SummaryScheduler,
+    pub metrics: Arc<Metrics>,
+    /// Largest encoded request or response message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl GrpcState {
+    /// Returns the guard a request uses from start to end, so a policy reload never
+    /// changes the policy under a request in flight.
+    pub fn guard(&self) -> Arc<Guard> {
+        self.guard.current()
+    }
+
+    fn record_findings(&self, guard: &Guard, findings: &[Finding]) {
+        self.metrics
+            .record_findings(&guard.policy().identity, findings);
+    }
+}
+
+/// A bound gRPC listener.
+#[derive(Debug)]
+pub enum GrpcListener {
+    Tcp(TcpListener),
+    /// A Unix domain socket, and the path to remove at shutdown.
+    Unix(UnixListener, PathBuf),
+}
+
+impl GrpcListener {
+    /// Returns a second handle to the same socket, so a temporary server can accept on it
+    /// before the real one takes over.
+    pub fn duplicate(&self) -> Result<GrpcListener, String> {
+        use std::os::fd::AsFd;
+        let failed = |e: std::io::Error| format!("cannot duplicate the gRPC listener: {e}");
+        match self {
+            GrpcListener::Tcp(listener) => {
+                let fd = listener.as_fd().try_clone_to_owned().map_err(failed)?;
+                TcpListener::from_std(std::net::TcpListener::from(fd))
+                    .map(GrpcListener::Tcp)
+                    .map_err(failed)
+            }
+            GrpcListener::Unix(listener, path) => {
+                let fd = listener.as_fd().try_clone_to_owned().map_err(failed)?;
+                UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                    .map(|listener| GrpcListener::Unix(listener, path.clone()))
+                    .map_err(failed)
+            }
+        }
+    }
+}
+
+/// Binds the gRPC address. A Unix socket path that exists as a socket is removed first,
+/// because a previous process that was killed leaves it behind.
+pub async fn bind(address: &ListenAddress) -> Result<GrpcListener, String> {
+    match address {
+        ListenAddress::Tcp(address) => TcpListener::bind(address)
+            .await
+            .map(GrpcListener::Tcp)
+            .map_err(|e| {
+                format!("cannot bind grpcListen address {address}: {e}; choose a free port")
+            }),
+        ListenAddress::Unix(path) => {
+            remove_stale_socket(path)?;
+            UnixListener::bind(path)
+                .map(|listener| GrpcListener::Unix(listener, path.clone()))
+                .map_err(|e| {
+                    format!(
+                        "cannot bind grpcListen socket {}: {e}; check that its directory exists and is writable",
+                        path.display()
+                    )
+                })
+        }
+    }
+}
+
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display())),
+        Ok(_) => Err(format!(
+            "grpcListen path {} exists and is not a socket; remove it or choose another path",
+            path.display()
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Sets the health status of the whole server (the empty service name) and of each
+/// service.
+pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Serves the API, health checks and reflection on `listener` until `shutdown` turns
+/// true, then removes a Unix socket's file.
+pub async fn serve(
+    listener: GrpcListener,
+    state: GrpcState,
+    health: HealthServer<impl Health>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let limit = state.max_message_bytes;
+    let guardrails = proto::guardrails_server::GuardrailsServer::new(
+        guardrails::GuardrailsService::new(state.clone()),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+
+    let router = Server::builder()
+        .add_service(health)
+        .add_service(reflection()?)
+        .add_service(guardrails);
+    let socket = match &listener {
+        GrpcListener::Unix(_, path) => Some(path.clone()),
+        GrpcListener::Tcp(_) => None,
+    };
+    let result = run(router, listener, shutdown).await;
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Serves only health checks and reflection, while the engine cannot start yet because
+/// the policy is missing.
+pub async fn serve_health_only(
+    listener: GrpcListener,
+    health: HealthServer<impl Health>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let router = Server::builder()
+        .add_service(health)
+        .add_service(reflection()?);
+    run(router, listener, shutdown).await
+}
+
+fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    String,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("cannot build the gRPC reflection service: {e}"))
+}
+
+async fn run(
+    router: tonic::transport::server::Router,
+    listener: GrpcListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let signal = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    let result = match listener {
+        GrpcListener::Tcp(listener) => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .await
+        }
+        GrpcListener::Unix(listener, _) => {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+                .await
+        }
+    };
+    result.map_err(|e| format!("gRPC server failed: {e}"))
+}
