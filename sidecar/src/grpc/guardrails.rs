@@ -207,7 +207,7 @@ fn text_parts(message: &Message) -> Vec<&str> {
 /// the part they are in. The text parts are checked together, so a denied phrase split
 /// across two parts is found. Tool-call arguments and tool results are checked one by
 /// one, and in the output direction tool calls also go through the action rules.
-fn check_message(
+pub(super) fn check_message(
     guard: &Guard,
     direction: Direction,
     message: &mut Message,

@@ -3,6 +3,7 @@
 //! call models through the proxy. Served on loopback or a Unix domain socket, beside
 //! `grpc.health.v1.Health` and server reflection.
 
+pub mod conversations;
 pub mod convert;
 pub mod guardrails;
 pub mod invalid;
@@ -41,7 +42,10 @@ pub mod proto {
 }
 
 /// Fully qualified names of the API's services, as health checks name them.
-pub const SERVICE_NAMES: [&str; 1] = ["agent_sidecar.v1.Guardrails"];
+pub const SERVICE_NAMES: [&str; 2] = [
+    "agent_sidecar.v1.Guardrails",
+    "agent_sidecar.v1.Conversations",
+];
 
 /// State shared by every gRPC service.
 #[derive(Debug, Clone)]
@@ -167,10 +171,17 @@ pub async fn serve(
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
 
+    let conversations = proto::conversations_server::ConversationsServer::new(
+        conversations::ConversationsService::new(state.clone()),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+
     let router = Server::builder()
         .add_service(health)
         .add_service(reflection()?)
-        .add_service(guardrails);
+        .add_service(guardrails)
+        .add_service(conversations);
     let socket = match &listener {
         GrpcListener::Unix(_, path) => Some(path.clone()),
         GrpcListener::Tcp(_) => None,

@@ -216,6 +216,12 @@ impl ConversationStore for MemoryStore {
         Ok(newer)
     }
 
+    async fn delete(&self, conversation_id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let removed = inner.conversations.remove(conversation_id);
+        Ok(removed.is_some_and(|entry| entry.expires_at > Instant::now()))
+    }
+
     fn admission(&self, _policy: FailurePolicy) -> Admission {
         Admission::Accept
     }

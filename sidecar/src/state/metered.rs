@@ -11,7 +11,7 @@ use super::{
 };
 use crate::telemetry::metrics::Metrics;
 
-/// Forwards every call to `inner` and counts `load`, `append` and `save_summary` by
+/// Forwards every call to `inner` and counts `load`, `append`, `save_summary` and `delete` by
 /// outcome in `agent_sidecar_store_operations_total`.
 #[derive(Debug)]
 pub struct MeteredStore {
@@ -63,6 +63,12 @@ impl ConversationStore for MeteredStore {
     ) -> Result<bool, StoreError> {
         let result = self.inner.save_summary(conversation_id, summary, ttl).await;
         self.record("save_summary", &result);
+        result
+    }
+
+    async fn delete(&self, conversation_id: &str) -> Result<bool, StoreError> {
+        let result = self.inner.delete(conversation_id).await;
+        self.record("delete", &result);
         result
     }
 

@@ -256,6 +256,10 @@ pub trait ConversationStore: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
+    /// Deletes a conversation: its turns, summary and pseudonym vault. Returns whether it
+    /// existed. Turns of it still waiting in an outage buffer are dropped too.
+    async fn delete(&self, conversation_id: &str) -> Result<bool, StoreError>;
+
     /// Returns whether a new request may be accepted. Only a store whose outage buffer is
     /// full under `FailurePolicy::FailClosed` rejects.
     fn admission(&self, policy: FailurePolicy) -> Admission;

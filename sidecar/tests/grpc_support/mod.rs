@@ -96,7 +96,7 @@ impl Sidecar {
             .args(extra)
             .env_remove("AGENT_SIDECAR_CONFIG")
             .env_remove("OPENAI_API_KEY")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

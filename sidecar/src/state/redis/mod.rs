@@ -101,6 +101,19 @@ struct Pending {
     encoded: Vec<u8>,
 }
 
+impl Pending {
+    /// Bytes this turn counts against the outage buffer's byte limit.
+    fn size(&self) -> usize {
+        self.encoded.len()
+            + self
+                .append
+                .vault
+                .iter()
+                .map(|e| e.sealed.len())
+                .sum::<usize>()
+    }
+}
+
 #[derive(Default)]
 struct Buffer {
     queue: VecDeque<Pending>,
@@ -649,6 +662,44 @@ impl ConversationStore for RedisStore {
         };
         match shared.bounded(call).await {
             Ok(stored) => Ok(stored == 1),
+            Err(error) => {
+                if error.is_outage() {
+                    shared.mark_degraded(&error);
+                    shared.wake.notify_one();
+                }
+                Err(StoreError::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    async fn delete(&self, conversation_id: &str) -> Result<bool, StoreError> {
+        let shared = &self.shared;
+        {
+            let mut buffer = lock(&shared.buffer);
+            let mut removed_bytes = 0;
+            buffer.queue.retain(|pending| {
+                let keep = pending.conversation_id != conversation_id;
+                if !keep {
+                    removed_bytes += pending.size();
+                }
+                keep
+            });
+            buffer.bytes = buffer.bytes.saturating_sub(removed_bytes);
+        }
+        let keys = shared.keys(conversation_id);
+        // The three keys share one hash tag, so one DEL works on Redis Cluster too.
+        let call = async {
+            let mut connection = shared.connection().await?;
+            redis::cmd("DEL")
+                .arg(&keys.meta)
+                .arg(&keys.turns)
+                .arg(&keys.vault)
+                .query_async::<u64>(&mut connection)
+                .await
+                .map_err(CallError::Redis)
+        };
+        match shared.bounded(call).await {
+            Ok(deleted) => Ok(deleted > 0),
             Err(error) => {
                 if error.is_outage() {
                     shared.mark_degraded(&error);
