@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 pub use super::guarding::{Evaluation, ParseError};
 use super::guarding::{
-    guard_json_strings, guard_texts, optional_stream, parse_object, remove_denied, required_model,
-    restore_json_strings, type_name,
+    guard_json_strings, guard_texts, optional_stream, parse_object, remove_denied,
+    required_messages, required_model, restore_json_strings, type_name,
 };
 use super::{InvalidRequest, Message, Part, Role};
 use crate::guard::{Guard, Verdict};
@@ -76,28 +76,7 @@ pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest,
     if endpoint == Endpoint::Messages {
         validate_max_tokens(body.get("max_tokens"))?;
     }
-    let messages = match body.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => messages,
-        Some(Value::Array(_)) => {
-            return Err(InvalidRequest::new(
-                "messages",
-                "messages must contain at least one message",
-            )
-            .into());
-        }
-        Some(other) => {
-            return Err(InvalidRequest::new(
-                "messages",
-                format!("messages must be an array, found {}", type_name(other)),
-            )
-            .into());
-        }
-        None => {
-            return Err(
-                InvalidRequest::new("messages", "missing required parameter: messages").into(),
-            );
-        }
-    };
+    let messages = required_messages(&body)?;
     for (i, message) in messages.iter().enumerate() {
         validate_message(message, &format!("messages.{i}"))?;
     }

@@ -95,6 +95,25 @@ pub fn required_model(body: &Map<String, Value>) -> Result<String, InvalidReques
     }
 }
 
+/// Returns the request's non-empty `messages` array.
+pub fn required_messages(body: &Map<String, Value>) -> Result<&Vec<Value>, InvalidRequest> {
+    match body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => Ok(messages),
+        Some(Value::Array(_)) => Err(InvalidRequest::new(
+            "messages",
+            "messages must contain at least one message",
+        )),
+        Some(other) => Err(InvalidRequest::new(
+            "messages",
+            format!("messages must be an array, found {}", type_name(other)),
+        )),
+        None => Err(InvalidRequest::new(
+            "messages",
+            "missing required parameter: messages",
+        )),
+    }
+}
+
 /// Returns the request's optional boolean `stream`.
 pub fn optional_stream(body: &Map<String, Value>) -> Result<bool, InvalidRequest> {
     match body.get("stream") {

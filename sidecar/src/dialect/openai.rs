@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 
 pub use super::guarding::{Evaluation, ParseError};
 use super::guarding::{
-    guard_json_strings, optional_stream, parse_object, remove_denied, required_model, type_name,
+    guard_json_strings, optional_stream, parse_object, remove_denied, required_messages,
+    required_model, type_name,
 };
 use super::{InvalidRequest, Message, Part, Role};
 use crate::guard::{ContentCheck, Guard, Verdict};
@@ -38,28 +39,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ParseError> {
     let body = parse_object(body, "chat completion")?;
     let model = required_model(&body)?;
     let stream = optional_stream(&body)?;
-    let messages = match body.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => messages,
-        Some(Value::Array(_)) => {
-            return Err(InvalidRequest::new(
-                "messages",
-                "messages must contain at least one message",
-            )
-            .into());
-        }
-        Some(other) => {
-            return Err(InvalidRequest::new(
-                "messages",
-                format!("messages must be an array, found {}", type_name(other)),
-            )
-            .into());
-        }
-        None => {
-            return Err(
-                InvalidRequest::new("messages", "missing required parameter: messages").into(),
-            );
-        }
-    };
+    let messages = required_messages(&body)?;
     for (i, message) in messages.iter().enumerate() {
         validate_message(message, &format!("messages[{i}]"))?;
     }

@@ -22,7 +22,7 @@ use crate::state::SealedEntry;
 use crate::state::vault::{PseudonymVault, pending_placeholder_len};
 use pii::{HashKey, PiiMatch};
 use topic::TopicMatch;
-pub use verdict::{Finding, FindingKind, Outcome, Verdict};
+pub use verdict::{BlockingRule, Finding, FindingKind, Outcome, Verdict};
 
 /// Separator placed between content parts before topic matching, so that a phrase split
 /// across two parts is found while words at the seam stay apart.

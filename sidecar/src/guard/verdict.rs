@@ -105,7 +105,32 @@ pub enum Verdict {
     Block { rule: Arc<str>, kind: FindingKind },
 }
 
+/// The rule behind a blocking verdict, for the reply that ends the request or stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockingRule {
+    pub rule: String,
+    /// The finding kind's name, such as `topic` or `action`.
+    pub kind: &'static str,
+    /// The rule escalates (asks for approval) rather than denies.
+    pub escalate: bool,
+}
+
 impl Verdict {
+    /// Returns the rule behind a block or an escalation, or `None` when the content may
+    /// pass.
+    pub fn blocking_rule(&self) -> Option<BlockingRule> {
+        let (rule, kind, escalate) = match self {
+            Verdict::Block { rule, kind } => (rule, kind, false),
+            Verdict::Escalate { rule, kind } => (rule, kind, true),
+            Verdict::Allow | Verdict::Transform => return None,
+        };
+        Some(BlockingRule {
+            rule: rule.to_string(),
+            kind: kind.as_str(),
+            escalate,
+        })
+    }
+
     fn severity(&self) -> u8 {
         match self {
             Verdict::Allow => 0,

@@ -148,3 +148,23 @@ fn identity(document: &spec::GuardrailPolicy, text: &str, source: &str) -> Polic
         source: source.to_owned(),
     }
 }
+
+/// Compiles a policy from YAML text for unit tests, named `unit`.
+#[cfg(test)]
+pub(crate) fn compile_for_test(yaml: &str) -> Policy {
+    let sources = [load::PolicySource {
+        name: "unit.yaml".to_owned(),
+        text: yaml.to_owned(),
+    }];
+    let (document, _) = load::parse_sources(&sources).expect("test policy parses");
+    compile::compile(
+        &document,
+        PolicyIdentity {
+            name: "unit".to_owned(),
+            generation: None,
+            hash: "0".to_owned(),
+            source: "unit.yaml".to_owned(),
+        },
+    )
+    .expect("test policy compiles")
+}

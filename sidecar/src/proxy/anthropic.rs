@@ -13,18 +13,19 @@ use serde_json::{Value, json};
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
 use super::openai::{GEN_AI_OPERATION_CHAT, record_call};
-use super::reply::{
-    Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
-};
+use super::pipeline::{self, ProviderDialect, record_evaluation};
+use super::reply::{json_response, set_header};
 use super::routing::{Call, Opened};
 use super::stream::{self, StreamContext};
-use super::upstream::UpstreamResponse;
-use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
+use super::upstream::Upstream;
+use super::{ProxyState, VERDICT_HEADER, read_body};
 use crate::config::routing::Dialect;
 use crate::context::TokenCounter;
+use crate::dialect::Message;
 use crate::dialect::anthropic::{self as dialect, Endpoint, MessagesRequest, ParseError};
-use crate::policy::Policy;
-use crate::policy::spec::{BlockResponse, Direction};
+use crate::dialect::guarding::Evaluation;
+use crate::guard::Guard;
+use crate::policy::spec::Direction;
 use crate::stream::anthropic::AnthropicStream;
 use crate::telemetry::metrics::GenAiCall;
 
@@ -73,25 +74,24 @@ async fn handle_messages(
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &messages.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
-    let evaluation_started = Instant::now();
+    let started = Instant::now();
     let input = dialect::guard_request(&guard, &mut messages);
-    state.metrics.record_guard_evaluation(
-        &policy.identity,
+    record_evaluation(
+        state,
+        &policy,
         Direction::Input,
-        evaluation_started.elapsed(),
+        &messages.model,
+        started,
+        &input,
     );
-    state
-        .metrics
-        .record_findings(&policy.identity, &input.findings);
-    tracing::debug!(
-        model = %messages.model,
-        verdict = input.verdict.as_str(),
-        findings = input.findings.len(),
-        policy = %policy.identity.name,
-        "input guardrails evaluated"
-    );
-    if let Some(block) = Block::from_verdict(&input.verdict) {
-        return blocked(&policy, &messages.model, messages.stream, block, None);
+    if let Some(block) = input.verdict.blocking_rule() {
+        return pipeline::blocked::<Anthropic>(
+            &policy,
+            &messages.model,
+            messages.stream,
+            block,
+            None,
+        );
     }
 
     // TODO: spec.context is not applied to Anthropic requests yet: fitting must keep
@@ -148,11 +148,11 @@ async fn handle_messages(
         Opened::Headers(response) => {
             let whole = target.upstream.read_whole(response).await;
             record_call(state, &context.call, call_started, whole.as_ref());
-            return finish_whole(state, whole?, &context).await;
+            return pipeline::finish_whole::<Anthropic>(state, whole?, &context).await;
         }
         Opened::Whole(whole) => {
             record_call(state, &context.call, call_started, Ok(&whole));
-            return finish_whole(state, whole, &context).await;
+            return pipeline::finish_whole::<Anthropic>(state, whole, &context).await;
         }
     };
     {
@@ -172,163 +172,70 @@ async fn handle_messages(
     }
 }
 
-/// Guards a response read whole (a JSON message, or an event stream read to its end)
-/// and responds to the client in the same form.
-async fn finish_whole(
-    state: &ProxyState,
-    upstream: UpstreamResponse,
-    context: &StreamContext,
-) -> Result<Response, ProxyError> {
-    if !upstream.status.is_success() {
-        // Provider errors already have Anthropic's shape; pass them on unchanged.
-        return Ok(passthrough(upstream));
+/// The Anthropic Messages dialect of the shared request steps.
+pub(super) struct Anthropic;
+
+impl ProviderDialect for Anthropic {
+    fn upstream(state: &ProxyState) -> &Upstream {
+        &state.anthropic
     }
-    let guard = &context.guard;
-    let policy = guard.policy().clone();
-    let streamed = upstream.is_event_stream();
-    let (mut message, stream_error) = if streamed {
-        assemble_stream(&upstream.body)?
-    } else {
-        let value = serde_json::from_slice::<Value>(&upstream.body).map_err(|e| {
-            ProxyError::UpstreamInvalid {
-                provider: state.anthropic.name,
-                reason: format!("response is not JSON: {e}"),
+
+    fn guard_response(guard: &Guard, response: &mut Value) -> Evaluation {
+        dialect::guard_response(guard, response)
+    }
+
+    fn restore_response(guard: &Guard, response: &mut Value) {
+        dialect::restore_response(guard, response);
+    }
+
+    fn response_message(response: &Value) -> Option<Message> {
+        dialect::response_message(response)
+    }
+
+    fn reported_usage(response: &Value) -> Option<(u64, u64)> {
+        let usage = dialect::read_usage(response.get("usage")?)?;
+        Some((usage.input, usage.output))
+    }
+
+    fn refusal(model: &str, refusal: &str, blocked: Option<Value>) -> Value {
+        match blocked {
+            Some(mut message) => {
+                dialect::replace_with_refusal(&mut message, refusal);
+                message
             }
-        })?;
-        (value, None)
-    };
-    let evaluation_started = Instant::now();
-    let output = dialect::guard_response(guard, &mut message);
-    state.metrics.record_guard_evaluation(
-        &policy.identity,
-        Direction::Output,
-        evaluation_started.elapsed(),
-    );
-    state
-        .metrics
-        .record_findings(&policy.identity, &output.findings);
-    tracing::debug!(
-        model = %context.model,
-        verdict = output.verdict.as_str(),
-        findings = output.findings.len(),
-        policy = %policy.identity.name,
-        "output guardrails evaluated"
-    );
-    if let Some(block) = Block::from_verdict(&output.verdict) {
-        return blocked(&policy, &context.model, streamed, block, Some(message));
-    }
-    let stored_response = dialect::response_message(&message);
-    let reported = message
-        .get("usage")
-        .and_then(dialect::read_usage)
-        .map(|usage| (usage.input, usage.output));
-    stream::record_usage(state, context, reported, stored_response.as_ref());
-    dialect::restore_response(guard, &mut message);
-    // A stream that ended with an error event is not a complete turn.
-    if let (Some(turn), None) = (&context.turn, &stream_error) {
-        conversation::record_turn(
-            state,
-            guard,
-            turn,
-            &context.model,
-            &context.request_messages,
-            stored_response,
-        )
-        .await;
-    }
-
-    let verdict = output.verdict.as_str();
-    if streamed {
-        return Ok(event_stream(&message, stream_error, verdict, None));
-    }
-    let mut response = json_response(upstream.status, &message);
-    copy_provider_headers(&upstream.headers, response.headers_mut());
-    set_header(response.headers_mut(), VERDICT_HEADER, verdict);
-    Ok(response)
-}
-
-/// Collects an event stream read whole into one message, plus the upstream's error
-/// event when the stream carried one.
-fn assemble_stream(body: &[u8]) -> Result<(Value, Option<Value>), ProxyError> {
-    let invalid = |reason: String| ProxyError::UpstreamInvalid {
-        provider: "anthropic",
-        reason,
-    };
-    let text =
-        std::str::from_utf8(body).map_err(|_| invalid("event stream is not UTF-8".to_owned()))?;
-    let events = crate::sse::parse(text, crate::sse::DEFAULT_MAX_EVENT_BYTES)
-        .map_err(|e| invalid(e.to_string()))?;
-    let mut assembly = dialect::MessageAssembly::default();
-    for event in events {
-        let payload: Value = serde_json::from_str(&event.data)
-            .map_err(|e| invalid(format!("stream event is not JSON: {e}")))?;
-        assembly.push(&payload);
-    }
-    let error = assembly.error.take();
-    Ok((assembly.to_message(), error))
-}
-
-/// Builds the reply to a blocked request or response. The policy chooses a refusal, in
-/// the shape the client requested (JSON or an event stream), or a `permission_error`.
-fn blocked(
-    policy: &Policy,
-    model: &str,
-    streamed: bool,
-    block: Block,
-    upstream_message: Option<Value>,
-) -> Result<Response, ProxyError> {
-    let Block {
-        rule,
-        kind,
-        escalate,
-    } = block;
-    tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
-    if policy.on_block == BlockResponse::Error {
-        return Err(if escalate {
-            ProxyError::ApprovalRequired { rule, kind }
-        } else {
-            ProxyError::Blocked { rule, kind }
-        });
-    }
-    let message = match upstream_message {
-        Some(mut message) => {
-            dialect::replace_with_refusal(&mut message, &policy.refusal);
-            message
+            None => dialect::refusal_message(model, refusal),
         }
-        None => dialect::refusal_message(model, &policy.refusal),
-    };
-    let mut response = if streamed {
-        event_stream(&message, None, "block", Some(&rule))
-    } else {
-        json_response(StatusCode::OK, &message)
-    };
-    set_header(response.headers_mut(), VERDICT_HEADER, "block");
-    set_header(response.headers_mut(), BLOCKED_RULE_HEADER, &rule);
-    Ok(response)
-}
+    }
 
-/// Re-emits a message as an event stream ending with `message_stop`, or with the
-/// upstream's error event in place of `message_delta` and `message_stop`.
-fn event_stream(
-    message: &Value,
-    error: Option<Value>,
-    verdict: &str,
-    rule: Option<&str>,
-) -> Response {
-    let mut events = dialect::message_to_events(message);
-    if error.is_some() {
-        events.truncate(events.len().saturating_sub(2));
+    fn assemble_stream(body: &str) -> Result<(Value, Option<Value>), String> {
+        let events = crate::sse::parse(body, crate::sse::DEFAULT_MAX_EVENT_BYTES)
+            .map_err(|e| e.to_string())?;
+        let mut assembly = dialect::MessageAssembly::default();
+        for event in events {
+            let payload: Value = serde_json::from_str(&event.data)
+                .map_err(|e| format!("stream event is not JSON: {e}"))?;
+            assembly.push(&payload);
+        }
+        let error = assembly.error.take();
+        Ok((assembly.to_message(), error))
     }
-    let mut body = String::new();
-    for (name, payload) in events {
-        crate::sse::encode_named(name, &payload.to_string(), &mut body);
+
+    /// Encodes the message as events ending with `message_stop`, or with the upstream's
+    /// error event in place of `message_delta` and `message_stop`.
+    fn encode_stream(message: &Value, error: Option<Value>) -> String {
+        let mut events = dialect::message_to_events(message);
+        if error.is_some() {
+            events.truncate(events.len().saturating_sub(2));
+        }
+        let mut body = String::new();
+        for (name, payload) in events {
+            crate::sse::encode_named(name, &payload.to_string(), &mut body);
+        }
+        if let Some(error) = error {
+            crate::sse::encode_named("error", &error.to_string(), &mut body);
+        }
+        body
     }
-    if let Some(error) = error {
-        crate::sse::encode_named("error", &error.to_string(), &mut body);
-    }
-    let mut response = Response::new(Body::from(body));
-    event_stream_headers(response.headers_mut(), verdict, rule);
-    response
 }
 
 /// Estimates a request's input tokens: its system prompt and messages in the common

@@ -6,6 +6,7 @@ mod conversation;
 pub mod error;
 mod openai;
 mod openai_stream;
+mod pipeline;
 mod reply;
 pub mod retry;
 pub mod routing;

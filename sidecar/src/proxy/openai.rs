@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
@@ -13,18 +13,19 @@ use serde_json::Value;
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
 use super::openai_stream;
-use super::reply::{
-    Block, copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
-};
+use super::pipeline::{self, ProviderDialect, record_evaluation};
+use super::reply::passthrough;
 use super::routing::{Call, Opened};
-use super::stream::{self, StreamContext};
-use super::upstream::UpstreamResponse;
-use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER, read_body};
+use super::stream::StreamContext;
+use super::upstream::{Upstream, UpstreamResponse};
+use super::{ProxyState, read_body};
 use crate::config::routing::Dialect;
 use crate::context::context_overflow;
+use crate::dialect::Message;
+use crate::dialect::guarding::Evaluation;
 use crate::dialect::openai::{self as dialect, ParseError};
-use crate::policy::Policy;
-use crate::policy::spec::{BlockResponse, Direction};
+use crate::guard::Guard;
+use crate::policy::spec::Direction;
 use crate::telemetry::metrics::GenAiCall;
 
 const ROUTE_CHAT: &str = "chat_completions";
@@ -60,25 +61,18 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &chat.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
-    let evaluation_started = Instant::now();
+    let started = Instant::now();
     let input = dialect::guard_request(&guard, &mut chat);
-    state.metrics.record_guard_evaluation(
-        &policy.identity,
+    record_evaluation(
+        state,
+        &policy,
         Direction::Input,
-        evaluation_started.elapsed(),
+        &chat.model,
+        started,
+        &input,
     );
-    state
-        .metrics
-        .record_findings(&policy.identity, &input.findings);
-    tracing::debug!(
-        model = %chat.model,
-        verdict = input.verdict.as_str(),
-        findings = input.findings.len(),
-        policy = %policy.identity.name,
-        "input guardrails evaluated"
-    );
-    if let Some(block) = Block::from_verdict(&input.verdict) {
-        return blocked(&policy, &chat.model, chat.stream, block, None);
+    if let Some(block) = input.verdict.blocking_rule() {
+        return pipeline::blocked::<OpenAi>(&policy, &chat.model, chat.stream, block, None);
     }
 
     // The whole guarded history is what the turn records; the window below may send less.
@@ -152,7 +146,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         sent = send_chat(state, model, &retry, query.as_deref(), &headers).await;
     }
     record_call(state, &context.call, call_started, sent.as_ref());
-    finish_whole(state, sent?, &context).await
+    pipeline::finish_whole::<OpenAi>(state, sent?, &context).await
 }
 
 /// Operation name of chat completions in the GenAI conventions (`gen_ai.operation.name`).
@@ -227,165 +221,69 @@ pub(super) fn overflow_retry(
     retry
 }
 
-/// Guards a response read whole (a JSON completion, or an event stream from a server
-/// that ignored the client's stream setting) and answers the client.
-pub(super) async fn finish_whole(
-    state: &ProxyState,
-    upstream: UpstreamResponse,
-    context: &StreamContext,
-) -> Result<Response, ProxyError> {
-    if !upstream.status.is_success() {
-        // Provider errors already have the provider's shape; pass them on unchanged.
-        return Ok(passthrough(upstream));
+/// The OpenAI Chat Completions dialect of the shared request steps.
+pub(super) struct OpenAi;
+
+impl ProviderDialect for OpenAi {
+    fn upstream(state: &ProxyState) -> &Upstream {
+        &state.openai
     }
-    let guard = &context.guard;
-    let policy = guard.policy().clone();
-    let streamed = upstream.is_event_stream();
-    let mut completion = if streamed {
-        assemble_stream(&upstream.body)?
-    } else {
-        let value = serde_json::from_slice::<Value>(&upstream.body).map_err(|e| {
-            ProxyError::UpstreamInvalid {
-                provider: state.openai.name,
-                reason: format!("response is not JSON: {e}"),
+
+    fn guard_response(guard: &Guard, response: &mut Value) -> Evaluation {
+        dialect::guard_response(guard, response)
+    }
+
+    fn restore_response(guard: &Guard, response: &mut Value) {
+        dialect::restore_response(guard, response);
+    }
+
+    fn response_message(response: &Value) -> Option<Message> {
+        dialect::response_message(response)
+    }
+
+    fn reported_usage(response: &Value) -> Option<(u64, u64)> {
+        response.get("usage").and_then(dialect::read_usage)
+    }
+
+    fn refusal(model: &str, refusal: &str, blocked: Option<Value>) -> Value {
+        match blocked {
+            Some(mut completion) => {
+                dialect::replace_with_refusal(&mut completion, refusal);
+                completion
             }
-        })?;
-        Collected(value, None)
-    };
-    let evaluation_started = Instant::now();
-    let output = dialect::guard_response(guard, &mut completion.0);
-    state.metrics.record_guard_evaluation(
-        &policy.identity,
-        Direction::Output,
-        evaluation_started.elapsed(),
-    );
-    state
-        .metrics
-        .record_findings(&policy.identity, &output.findings);
-    tracing::debug!(
-        model = %context.model,
-        verdict = output.verdict.as_str(),
-        findings = output.findings.len(),
-        policy = %policy.identity.name,
-        "output guardrails evaluated"
-    );
-    if let Some(block) = Block::from_verdict(&output.verdict) {
-        return blocked(&policy, &context.model, streamed, block, Some(completion.0));
-    }
-    let stored_response = dialect::response_message(&completion.0);
-    let reported = completion.0.get("usage").and_then(dialect::read_usage);
-    stream::record_usage(state, context, reported, stored_response.as_ref());
-    dialect::restore_response(guard, &mut completion.0);
-    if let Some(turn) = &context.turn {
-        conversation::record_turn(
-            state,
-            guard,
-            turn,
-            &context.model,
-            &context.request_messages,
-            stored_response,
-        )
-        .await;
-    }
-
-    let verdict = output.verdict.as_str();
-    if streamed {
-        return Ok(event_stream(&completion.0, completion.1, verdict, None));
-    }
-    let mut response = json_response(upstream.status, &completion.0);
-    copy_provider_headers(&upstream.headers, response.headers_mut());
-    set_header(response.headers_mut(), VERDICT_HEADER, verdict);
-    Ok(response)
-}
-
-/// A streamed body collected into a completion, plus an in-stream error to re-emit.
-struct Collected(Value, Option<Value>);
-
-fn assemble_stream(body: &[u8]) -> Result<Collected, ProxyError> {
-    let text = std::str::from_utf8(body).map_err(|_| ProxyError::UpstreamInvalid {
-        provider: "openai",
-        reason: "event stream is not UTF-8".to_owned(),
-    })?;
-    let mut assembly = dialect::StreamAssembly::default();
-    let events = crate::sse::parse(text, crate::sse::DEFAULT_MAX_EVENT_BYTES).map_err(|e| {
-        ProxyError::UpstreamInvalid {
-            provider: "openai",
-            reason: e.to_string(),
+            None => dialect::refusal_completion(model, refusal),
         }
-    })?;
-    for event in events {
-        if event.data == "[DONE]" {
-            break;
-        }
-        let chunk: Value =
-            serde_json::from_str(&event.data).map_err(|e| ProxyError::UpstreamInvalid {
-                provider: "openai",
-                reason: format!("stream event is not JSON: {e}"),
-            })?;
-        assembly.push(&chunk);
     }
-    let error = assembly.error.take();
-    Ok(Collected(assembly.to_completion(), error))
-}
 
-/// Builds the reply to a blocked request or response. The policy chooses a refusal, in the
-/// shape the client requested (JSON or an event stream), or an error.
-fn blocked(
-    policy: &Policy,
-    model: &str,
-    streamed: bool,
-    block: Block,
-    upstream_completion: Option<Value>,
-) -> Result<Response, ProxyError> {
-    let Block {
-        rule,
-        kind,
-        escalate,
-    } = block;
-    tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
-    if policy.on_block == BlockResponse::Error {
-        return Err(if escalate {
-            ProxyError::ApprovalRequired { rule, kind }
-        } else {
-            ProxyError::Blocked { rule, kind }
-        });
-    }
-    let completion = match upstream_completion {
-        Some(mut completion) => {
-            dialect::replace_with_refusal(&mut completion, &policy.refusal);
-            completion
+    fn assemble_stream(body: &str) -> Result<(Value, Option<Value>), String> {
+        let mut assembly = dialect::StreamAssembly::default();
+        let events = crate::sse::parse(body, crate::sse::DEFAULT_MAX_EVENT_BYTES)
+            .map_err(|e| e.to_string())?;
+        for event in events {
+            if event.data == "[DONE]" {
+                break;
+            }
+            let chunk: Value = serde_json::from_str(&event.data)
+                .map_err(|e| format!("stream event is not JSON: {e}"))?;
+            assembly.push(&chunk);
         }
-        None => dialect::refusal_completion(model, &policy.refusal),
-    };
-    let mut response = if streamed {
-        event_stream(&completion, None, "block", Some(&rule))
-    } else {
-        json_response(StatusCode::OK, &completion)
-    };
-    set_header(response.headers_mut(), VERDICT_HEADER, "block");
-    set_header(response.headers_mut(), BLOCKED_RULE_HEADER, &rule);
-    Ok(response)
-}
+        let error = assembly.error.take();
+        Ok((assembly.to_completion(), error))
+    }
 
-/// Re-emits a completion as an event stream ending with `[DONE]`, or with the upstream's
-/// error event when the stream carried one.
-fn event_stream(
-    completion: &Value,
-    error: Option<Value>,
-    verdict: &str,
-    rule: Option<&str>,
-) -> Response {
-    let mut body = String::new();
-    for chunk in dialect::completion_to_chunks(completion) {
-        crate::sse::encode_data(&chunk.to_string(), &mut body);
+    /// Encodes the completion as chunks ending with `[DONE]`, or with the upstream's
+    /// error event in its place.
+    fn encode_stream(completion: &Value, error: Option<Value>) -> String {
+        let mut body = String::new();
+        for chunk in dialect::completion_to_chunks(completion) {
+            crate::sse::encode_data(&chunk.to_string(), &mut body);
+        }
+        match error {
+            Some(error) => crate::sse::encode_data(&error.to_string(), &mut body),
+            None => crate::sse::encode_data("[DONE]", &mut body),
+        }
+        body
     }
-    match error {
-        Some(error) => crate::sse::encode_data(&error.to_string(), &mut body),
-        None => crate::sse::encode_data("[DONE]", &mut body),
-    }
-    let mut response = Response::new(Body::from(body));
-    event_stream_headers(response.headers_mut(), verdict, rule);
-    response
 }
 
 /// `GET /v1/models` and `GET /v1/models/{model}`: listings carry no conversation

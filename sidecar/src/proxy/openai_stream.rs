@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use super::ProxyState;
 use super::conversation::Compaction;
 use super::error::ProxyError;
+use super::openai::OpenAi;
+use super::pipeline;
 use super::routing::{Call, Opened};
 use super::stream::{self, StreamContext};
 use crate::config::routing::Dialect;
@@ -95,7 +97,7 @@ pub(super) async fn stream_chat(
         };
         let Some(retry) = retry else {
             super::openai::record_call(state, &context.call, call_started, whole.as_ref());
-            return super::openai::finish_whole(state, whole?, &context).await;
+            return pipeline::finish_whole::<OpenAi>(state, whole?, &context).await;
         };
         retried = true;
         routed = open(retry).await?;

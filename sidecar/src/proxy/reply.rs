@@ -8,32 +8,6 @@ use serde_json::Value;
 
 use super::upstream::UpstreamResponse;
 use super::{BLOCKED_RULE_HEADER, VERDICT_HEADER};
-use crate::guard::Verdict;
-
-/// The rule behind a blocking verdict.
-pub(super) struct Block {
-    pub rule: String,
-    pub kind: &'static str,
-    pub escalate: bool,
-}
-
-impl Block {
-    pub fn from_verdict(verdict: &Verdict) -> Option<Block> {
-        match verdict {
-            Verdict::Block { rule, kind } => Some(Block {
-                rule: rule.to_string(),
-                kind: kind.as_str(),
-                escalate: false,
-            }),
-            Verdict::Escalate { rule, kind } => Some(Block {
-                rule: rule.to_string(),
-                kind: kind.as_str(),
-                escalate: true,
-            }),
-            Verdict::Allow | Verdict::Transform => None,
-        }
-    }
-}
 
 pub(super) fn json_response(status: StatusCode, value: &Value) -> Response {
     let mut response = (status, axum::Json(value)).into_response();

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::text::{StreamMode, TextStream};
-use super::{Flow, GuardedStream, StreamError};
+use super::{Flow, GuardedStream, StreamError, take_event};
 use crate::dialect::anthropic::{
     MessageAssembly, block_events, guard_tool_use, merge_usage, parse_tool_input, read_usage,
     response_message, restore_block,
 };
 use crate::dialect::guarding::Evaluation;
 use crate::dialect::{Message, openai::guard_arguments};
-use crate::guard::{Finding, Guard, Verdict};
+use crate::guard::{BlockingRule, Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
 use crate::sse::{self, Frame};
 
@@ -185,20 +185,10 @@ impl AnthropicStream {
 
     fn on_block_stop(&mut self, name: &str, data: &str, event: Value, out: &mut String) -> Flow {
         match std::mem::replace(&mut self.block, OpenBlock::Passthrough) {
-            OpenBlock::Text { index, mut text } => {
-                let release = text.finish();
-                self.hold_back_overflows += text.hold_back_overflows;
-                self.findings.extend(release.findings);
-                if self.is_blocking(&release.verdict) {
-                    let released_any = text.released_len() > 0;
-                    return self.block_stream(
-                        &release.verdict,
-                        Some((index, released_any)),
-                        index,
-                        out,
-                    );
+            OpenBlock::Text { index, text } => {
+                if let Some(flow) = self.close_text(index, text, out) {
+                    return flow;
                 }
-                self.emit_text(index, &release.text, out);
                 self.forward(name, data, &event, out);
             }
             OpenBlock::ToolUse {
@@ -209,6 +199,21 @@ impl AnthropicStream {
             OpenBlock::Passthrough => self.forward(name, data, &event, out),
         }
         Flow::Continue
+    }
+
+    /// Releases what a text block still holds back. Returns the flow to stop with when
+    /// the held text blocks the stream.
+    fn close_text(&mut self, index: u64, mut text: TextStream, out: &mut String) -> Option<Flow> {
+        let release = text.finish();
+        self.hold_back_overflows += text.hold_back_overflows;
+        self.findings.extend(release.findings);
+        if self.is_blocking(&release.verdict) {
+            let released_any = text.released_len() > 0;
+            let open_text = Some((index, released_any));
+            return Some(self.block_stream(&release.verdict, open_text, index, out));
+        }
+        self.emit_text(index, &release.text, out);
+        None
     }
 
     /// Checks a whole tool call and releases it, or blocks the stream.
@@ -309,10 +314,13 @@ impl AnthropicStream {
         index: u64,
         out: &mut String,
     ) -> Flow {
-        let (rule, kind, escalate) = match verdict {
-            Verdict::Block { rule, kind } => (rule.to_string(), kind.as_str(), false),
-            Verdict::Escalate { rule, kind } => (rule.to_string(), kind.as_str(), true),
-            Verdict::Allow | Verdict::Transform => return Flow::Continue,
+        let Some(BlockingRule {
+            rule,
+            kind,
+            escalate,
+        }) = verdict.blocking_rule()
+        else {
+            return Flow::Continue;
         };
         tracing::info!(rule.id = %rule, kind, "guardrail blocked a streamed response");
         self.ended = true;
@@ -402,16 +410,8 @@ impl GuardedStream for AnthropicStream {
                 Flow::Finished
             };
         }
-        let event = match frame {
-            Frame::Comment(_) => {
-                sse::encode_frame(&frame, out);
-                return Flow::Continue;
-            }
-            Frame::Retry(retry) => {
-                self.pending_retry = Some(retry);
-                return Flow::Continue;
-            }
-            Frame::Event(event) => event,
+        let Some(event) = take_event(frame, out, &mut self.pending_retry) else {
+            return Flow::Continue;
         };
         let payload: Value = match serde_json::from_str(&event.data) {
             Ok(payload) => payload,
@@ -456,22 +456,9 @@ impl GuardedStream for AnthropicStream {
         // of the partial message that passed the rules.
         if let OpenBlock::Text { index, text } =
             std::mem::replace(&mut self.block, OpenBlock::Passthrough)
+            && let Some(flow) = self.close_text(index, text, out)
         {
-            let mut text = text;
-            let release = text.finish();
-            self.hold_back_overflows += text.hold_back_overflows;
-            self.findings.extend(release.findings);
-            if self.is_blocking(&release.verdict) {
-                let released_any = text.released_len() > 0;
-                return self.block_stream(
-                    &release.verdict,
-                    Some((index, released_any)),
-                    index,
-                    out,
-                );
-            } else {
-                self.emit_text(index, &release.text, out);
-            }
+            return flow;
         }
         let body =
             json!({"type": "error", "error": {"type": failure_type(code), "message": message}});

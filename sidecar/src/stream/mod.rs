@@ -14,7 +14,29 @@ pub use text::{Release, StreamMode, TextStream};
 
 use crate::dialect::Message;
 use crate::guard::Finding;
-use crate::sse::Frame;
+use crate::sse::{self, Event, Frame};
+
+/// Returns the event of an upstream frame. A comment is forwarded to `out` at once as a
+/// keep-alive. A `retry` value is kept in `pending_retry` to ride on the next event,
+/// because a block with only `retry` dispatches no event in a browser, and the openai
+/// Python SDK (3.60) parses it as an empty event and fails.
+pub fn take_event(
+    frame: Frame,
+    out: &mut String,
+    pending_retry: &mut Option<u64>,
+) -> Option<Event> {
+    match frame {
+        Frame::Comment(_) => {
+            sse::encode_frame(&frame, out);
+            None
+        }
+        Frame::Retry(retry) => {
+            *pending_retry = Some(retry);
+            None
+        }
+        Frame::Event(event) => Some(event),
+    }
+}
 
 /// The caller's next action after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +70,18 @@ pub trait GuardedStream: Send + 'static {
     /// `upstream_timeout`.
     fn fail(&mut self, out: &mut String, message: &str, code: &str) -> Flow;
 
-    /// Findings since the last call, for metrics.
+    /// Returns the findings since the last call, for metrics.
     fn take_findings(&mut self) -> Vec<Finding>;
 
-    /// Times a channel's hold-back limit forced text out unguarded.
+    /// Returns how many times a channel's hold-back limit forced text out unguarded.
     fn hold_back_overflows(&self) -> u64;
 
-    /// Whether the client's stream ended with an error event.
+    /// Returns whether the client's stream ended with an error event.
     fn failed(&self) -> bool;
 
-    /// Input and output tokens, when the upstream reported them.
+    /// Returns the input and output tokens, when the upstream reported them.
     fn reported_usage(&self) -> Option<(u64, u64)>;
 
-    /// The response the client received, in the common model.
+    /// Returns the response the client received, in the common model.
     fn response_message(&self) -> Option<Message>;
 }

@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::GuardedStream;
 use super::text::{Release, StreamMode, TextStream};
 pub use super::{Flow, StreamError};
+use super::{GuardedStream, take_event};
 use crate::dialect::Message;
 use crate::dialect::openai::{
     AssembledCall, StreamAssembly, guard_tool_calls, read_usage, response_message,
     restore_tool_calls,
 };
-use crate::guard::{Finding, Guard, Verdict};
+use crate::guard::{BlockingRule, Finding, Guard, Verdict};
 use crate::policy::spec::{BlockResponse, Direction};
 use crate::sse::{self, Frame};
 
@@ -103,19 +103,8 @@ impl OpenAiStream {
         if self.ended {
             return Flow::Finished;
         }
-        let event = match frame {
-            Frame::Comment(_) => {
-                sse::encode_frame(&frame, out);
-                return Flow::Continue;
-            }
-            Frame::Retry(retry) => {
-                // A block with only `retry` dispatches no event in a browser. The openai
-                // Python SDK (3.60) parses it as an empty event and fails, so the value
-                // rides on the next event instead.
-                self.pending_retry = Some(retry);
-                return Flow::Continue;
-            }
-            Frame::Event(event) => event,
+        let Some(event) = take_event(frame, out, &mut self.pending_retry) else {
+            return Flow::Continue;
         };
         if event.data.trim() == "[DONE]" {
             return self.finish_all(out);
@@ -379,11 +368,11 @@ impl OpenAiStream {
     }
 
     fn block_if_needed(&mut self, index: u64, verdict: &Verdict, out: &mut String) -> Option<Flow> {
-        let (rule, kind, escalate) = match verdict {
-            Verdict::Block { rule, kind } => (rule.to_string(), kind.as_str(), false),
-            Verdict::Escalate { rule, kind } => (rule.to_string(), kind.as_str(), true),
-            Verdict::Allow | Verdict::Transform => return None,
-        };
+        let BlockingRule {
+            rule,
+            kind,
+            escalate,
+        } = verdict.blocking_rule()?;
         tracing::info!(rule.id = %rule, kind, "guardrail blocked a streamed response");
         self.ended = true;
         let policy = self.guard.policy();

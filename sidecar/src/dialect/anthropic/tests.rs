@@ -4,7 +4,6 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::guard::pii::HashKey;
-use crate::policy::load::{PolicySource, parse_sources};
 
 const POLICY: &str = r#"
 apiVersion: agent-sidecar.io/v1alpha1
@@ -23,21 +22,7 @@ spec:
 "#;
 
 fn guard() -> Guard {
-    let sources = [PolicySource {
-        name: "unit.yaml".to_owned(),
-        text: POLICY.to_owned(),
-    }];
-    let (document, _) = parse_sources(&sources).expect("test policy parses");
-    let policy = crate::policy::compile::compile(
-        &document,
-        crate::policy::PolicyIdentity {
-            name: "unit".to_owned(),
-            generation: None,
-            hash: "0".to_owned(),
-            source: "unit.yaml".to_owned(),
-        },
-    )
-    .expect("test policy compiles");
+    let policy = crate::policy::compile_for_test(POLICY);
     Guard::new(Arc::new(policy), Arc::new(HashKey::new(b"k")))
 }
 

@@ -3,7 +3,6 @@ use serde_json::json;
 use super::*;
 use crate::guard::pii::HashKey;
 use crate::policy::Policy;
-use crate::policy::load::{PolicySource, parse_sources};
 use crate::sse::{Decoder, Event};
 
 const POLICY: &str = r#"
@@ -24,21 +23,7 @@ spec:
 
 fn policy(on_block: &str) -> Policy {
     let text = POLICY.replace("response: refusal", &format!("response: {on_block}"));
-    let sources = [PolicySource {
-        name: "unit.yaml".to_owned(),
-        text,
-    }];
-    let (document, _) = parse_sources(&sources).expect("test policy parses");
-    crate::policy::compile::compile(
-        &document,
-        crate::policy::PolicyIdentity {
-            name: "unit".to_owned(),
-            generation: None,
-            hash: "0".to_owned(),
-            source: "unit.yaml".to_owned(),
-        },
-    )
-    .expect("test policy compiles")
+    crate::policy::compile_for_test(&text)
 }
 
 fn guarded(on_block: &str) -> AnthropicStream {

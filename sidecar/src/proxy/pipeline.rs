@@ -1,0 +1,193 @@
+//! The steps of a guarded request that both dialects share: recording a guardrail pass,
+//! replying to a block, and guarding a response read whole. A [`ProviderDialect`] supplies the
+//! provider-specific pieces (wire format, refusal shape, stream encoding).
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::conversation;
+use super::error::ProxyError;
+use super::reply::{
+    copy_provider_headers, event_stream_headers, json_response, passthrough, set_header,
+};
+use super::stream::{self, StreamContext};
+use super::upstream::{Upstream, UpstreamResponse};
+use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER};
+use crate::dialect::Message;
+use crate::dialect::guarding::Evaluation;
+use crate::guard::{BlockingRule, Guard};
+use crate::policy::Policy;
+use crate::policy::spec::{BlockResponse, Direction};
+
+/// The provider-specific pieces of the shared request steps.
+pub(super) trait ProviderDialect {
+    /// The upstream this dialect's requests go to.
+    fn upstream(state: &ProxyState) -> &Upstream;
+
+    /// Runs the output guardrails over a whole response and rewrites it in place.
+    fn guard_response(guard: &Guard, response: &mut Value) -> Evaluation;
+
+    /// Replaces pseudonym placeholders in a guarded response.
+    fn restore_response(guard: &Guard, response: &mut Value);
+
+    /// Converts a response to the common model, for the stored turn.
+    fn response_message(response: &Value) -> Option<Message>;
+
+    /// Input and output tokens that a response reports.
+    fn reported_usage(response: &Value) -> Option<(u64, u64)>;
+
+    /// Builds the refusal reply: `blocked` (the upstream's response) with its content
+    /// replaced, or a new response for a request blocked before it reached the model.
+    fn refusal(model: &str, refusal: &str, blocked: Option<Value>) -> Value;
+
+    /// Collects an event stream read whole into one response, plus the upstream's
+    /// in-stream error when the stream carried one.
+    fn assemble_stream(body: &str) -> Result<(Value, Option<Value>), String>;
+
+    /// Encodes a whole response as an event stream, ending with the upstream's error
+    /// event when there is one.
+    fn encode_stream(response: &Value, error: Option<Value>) -> String;
+}
+
+/// Records one guardrail pass over a request or response: its duration since
+/// `started`, its findings and a debug line.
+pub(super) fn record_evaluation(
+    state: &ProxyState,
+    policy: &Policy,
+    direction: Direction,
+    model: &str,
+    started: Instant,
+    evaluation: &Evaluation,
+) {
+    state
+        .metrics
+        .record_guard_evaluation(&policy.identity, direction, started.elapsed());
+    state
+        .metrics
+        .record_findings(&policy.identity, &evaluation.findings);
+    tracing::debug!(
+        model,
+        direction = direction.as_str(),
+        verdict = evaluation.verdict.as_str(),
+        findings = evaluation.findings.len(),
+        policy = %policy.identity.name,
+        "guardrails evaluated"
+    );
+}
+
+/// Builds the reply to a blocked request or response. The policy chooses a refusal, in
+/// the shape the client requested (JSON or an event stream), or an error.
+pub(super) fn blocked<D: ProviderDialect>(
+    policy: &Policy,
+    model: &str,
+    streamed: bool,
+    block: BlockingRule,
+    upstream_response: Option<Value>,
+) -> Result<Response, ProxyError> {
+    let BlockingRule {
+        rule,
+        kind,
+        escalate,
+    } = block;
+    tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
+    if policy.on_block == BlockResponse::Error {
+        return Err(if escalate {
+            ProxyError::ApprovalRequired { rule, kind }
+        } else {
+            ProxyError::Blocked { rule, kind }
+        });
+    }
+    let refusal = D::refusal(model, &policy.refusal, upstream_response);
+    let mut response = if streamed {
+        event_stream::<D>(&refusal, None, "block", Some(&rule))
+    } else {
+        json_response(StatusCode::OK, &refusal)
+    };
+    set_header(response.headers_mut(), VERDICT_HEADER, "block");
+    set_header(response.headers_mut(), BLOCKED_RULE_HEADER, &rule);
+    Ok(response)
+}
+
+/// Re-emits a whole response as an event stream.
+fn event_stream<D: ProviderDialect>(
+    response: &Value,
+    error: Option<Value>,
+    verdict: &str,
+    rule: Option<&str>,
+) -> Response {
+    let mut reply = Response::new(Body::from(D::encode_stream(response, error)));
+    event_stream_headers(reply.headers_mut(), verdict, rule);
+    reply
+}
+
+/// Guards a response read whole (JSON, or an event stream from a server that ignored the
+/// client's stream setting or that the sidecar read to its end) and responds to the
+/// client in the same form. A stream that ended with an error event is not stored as a
+/// complete turn.
+pub(super) async fn finish_whole<D: ProviderDialect>(
+    state: &ProxyState,
+    upstream: UpstreamResponse,
+    context: &StreamContext,
+) -> Result<Response, ProxyError> {
+    if !upstream.status.is_success() {
+        // Provider errors already have the provider's shape; pass them on unchanged.
+        return Ok(passthrough(upstream));
+    }
+    let invalid = |reason: String| ProxyError::UpstreamInvalid {
+        provider: D::upstream(state).name,
+        reason,
+    };
+    let guard = &context.guard;
+    let policy = guard.policy().clone();
+    let streamed = upstream.is_event_stream();
+    let (mut message, stream_error) = if streamed {
+        let text = std::str::from_utf8(&upstream.body)
+            .map_err(|_| invalid("event stream is not UTF-8".to_owned()))?;
+        D::assemble_stream(text).map_err(invalid)?
+    } else {
+        let value = serde_json::from_slice::<Value>(&upstream.body)
+            .map_err(|e| invalid(format!("response is not JSON: {e}")))?;
+        (value, None)
+    };
+    let started = Instant::now();
+    let output = D::guard_response(guard, &mut message);
+    record_evaluation(
+        state,
+        &policy,
+        Direction::Output,
+        &context.model,
+        started,
+        &output,
+    );
+    if let Some(block) = output.verdict.blocking_rule() {
+        return blocked::<D>(&policy, &context.model, streamed, block, Some(message));
+    }
+    let stored_response = D::response_message(&message);
+    let reported = D::reported_usage(&message);
+    stream::record_usage(state, context, reported, stored_response.as_ref());
+    D::restore_response(guard, &mut message);
+    if let (Some(turn), None) = (&context.turn, &stream_error) {
+        conversation::record_turn(
+            state,
+            guard,
+            turn,
+            &context.model,
+            &context.request_messages,
+            stored_response,
+        )
+        .await;
+    }
+
+    let verdict = output.verdict.as_str();
+    if streamed {
+        return Ok(event_stream::<D>(&message, stream_error, verdict, None));
+    }
+    let mut response = json_response(upstream.status, &message);
+    copy_provider_headers(&upstream.headers, response.headers_mut());
+    set_header(response.headers_mut(), VERDICT_HEADER, verdict);
+    Ok(response)
+}
