@@ -28,6 +28,8 @@ use crate::guard::Guard;
 use crate::policy::spec::Direction;
 use crate::stream::anthropic::AnthropicStream;
 use crate::telemetry::metrics::GenAiCall;
+use crate::telemetry::traces;
+use tracing::{Instrument, Span};
 
 const ROUTE_MESSAGES: &str = "messages";
 const ROUTE_COUNT_TOKENS: &str = "count_tokens";
@@ -37,13 +39,19 @@ const MESSAGES_PATH: &str = "v1/messages";
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<ProxyState>, request: Request<Body>) -> Response {
     let started = Instant::now();
-    let response = match handle_messages(&state, request).await {
+    let span = traces::server_span("POST", "/v1/messages", request.headers());
+    let response = match handle_messages(&state, request)
+        .instrument(span.clone())
+        .await
+    {
         Ok(response) => response,
         Err(error) => {
+            let _entered = span.enter();
             tracing::debug!(code = error.classify().2, "messages request failed");
             error.into_anthropic_response()
         }
     };
+    span.record("http.response.status_code", response.status().as_u16());
     state.metrics.record_request(
         ROUTE_MESSAGES,
         response.status().as_u16(),
@@ -74,8 +82,12 @@ async fn handle_messages(
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &messages.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
+    traces::record_policy(&Span::current(), &policy.identity);
     let started = Instant::now();
-    let input = dialect::guard_request(&guard, &mut messages);
+    let guard_span = traces::guardrail_span(Direction::Input);
+    let input = guard_span.in_scope(|| dialect::guard_request(&guard, &mut messages));
+    traces::record_guardrail(&guard_span, &input.verdict, &input.findings);
+    drop(guard_span);
     record_evaluation(
         state,
         &policy,
@@ -102,18 +114,22 @@ async fn handle_messages(
         stored: conversation.stored,
         budget: None,
     });
+    let call = GenAiCall {
+        operation: GEN_AI_OPERATION_CHAT,
+        provider: state.anthropic.name,
+        model: messages.model.clone(),
+    };
     let context = StreamContext {
         guard,
         model: messages.model.clone(),
         turn,
         request_messages,
-        call: GenAiCall {
-            operation: GEN_AI_OPERATION_CHAT,
-            provider: state.anthropic.name,
-            model: messages.model.clone(),
-        },
         input_estimate: Some(estimate_input_tokens(&messages)),
+        span: traces::model_call_span(&call),
+        call,
     };
+    // The provider's spans join the agent's trace as children of the model call span.
+    let headers = traces::propagate(&headers, &context.span);
     let forwarded = Bytes::from(serde_json::to_vec(&messages.body).map_err(|e| {
         ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
             param: None,
@@ -132,26 +148,28 @@ async fn handle_messages(
     let routed = match state
         .routes
         .dispatch(&state.metrics, Dialect::Anthropic, &context.model, call)
+        .instrument(context.span.clone())
         .await
     {
         Ok(routed) => routed,
         Err(error) => {
-            record_call(state, &context.call, call_started, Err(&error));
+            record_call(state, &context, call_started, Err(&error));
             return Err(error);
         }
     };
     let target = routed.target;
+    traces::record_server(&context.span, target.upstream.base_url());
     let response = match routed.response {
         Opened::Headers(response) if messages.stream && stream::is_event_stream(&response) => {
             response
         }
         Opened::Headers(response) => {
             let whole = target.upstream.read_whole(response).await;
-            record_call(state, &context.call, call_started, whole.as_ref());
+            record_call(state, &context, call_started, whole.as_ref());
             return pipeline::finish_whole::<Anthropic>(state, whole?, &context).await;
         }
         Opened::Whole(whole) => {
-            record_call(state, &context.call, call_started, Ok(&whole));
+            record_call(state, &context, call_started, Ok(&whole));
             return pipeline::finish_whole::<Anthropic>(state, whole, &context).await;
         }
     };

@@ -27,19 +27,24 @@ use crate::dialect::openai::{self as dialect, ParseError};
 use crate::guard::Guard;
 use crate::policy::spec::Direction;
 use crate::telemetry::metrics::GenAiCall;
+use crate::telemetry::traces;
+use tracing::{Instrument, Span};
 
 const ROUTE_CHAT: &str = "chat_completions";
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<ProxyState>, request: Request<Body>) -> Response {
     let started = Instant::now();
-    let response = match handle_chat(&state, request).await {
+    let span = traces::server_span("POST", "/v1/chat/completions", request.headers());
+    let response = match handle_chat(&state, request).instrument(span.clone()).await {
         Ok(response) => response,
         Err(error) => {
+            let _entered = span.enter();
             tracing::debug!(code = error.classify().2, "chat completion request failed");
             error.into_response()
         }
     };
+    span.record("http.response.status_code", response.status().as_u16());
     state
         .metrics
         .record_request(ROUTE_CHAT, response.status().as_u16(), started.elapsed());
@@ -61,8 +66,12 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &chat.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
+    traces::record_policy(&Span::current(), &policy.identity);
     let started = Instant::now();
-    let input = dialect::guard_request(&guard, &mut chat);
+    let guard_span = traces::guardrail_span(Direction::Input);
+    let input = guard_span.in_scope(|| dialect::guard_request(&guard, &mut chat));
+    traces::record_guardrail(&guard_span, &input.verdict, &input.findings);
+    drop(guard_span);
     record_evaluation(
         state,
         &policy,
@@ -106,18 +115,22 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         stored: conversation.stored,
         budget,
     });
+    let call = GenAiCall {
+        operation: GEN_AI_OPERATION_CHAT,
+        provider: state.openai.name,
+        model: chat.model.clone(),
+    };
     let context = StreamContext {
         guard: guard.clone(),
         model: chat.model.clone(),
         turn,
         request_messages,
-        call: GenAiCall {
-            operation: GEN_AI_OPERATION_CHAT,
-            provider: state.openai.name,
-            model: chat.model.clone(),
-        },
         input_estimate: None,
+        span: traces::model_call_span(&call),
+        call,
     };
+    // The provider's spans join the agent's trace as children of the model call span.
+    let headers = traces::propagate(&headers, &context.span);
     let strip_usage = chat.stream && openai_stream::request_usage(&mut chat);
     let forwarded = Bytes::from(serde_json::to_vec(&chat.body).map_err(|e| {
         ProxyError::InvalidRequest(crate::dialect::InvalidRequest {
@@ -139,24 +152,28 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     }
     let call_started = Instant::now();
     let model = context.model.as_str();
-    let mut sent = send_chat(state, model, &forwarded, query.as_deref(), &headers).await;
+    let mut sent = send_chat(state, model, &forwarded, query.as_deref(), &headers)
+        .instrument(context.span.clone())
+        .await;
     if let Ok(upstream) = &sent
         && let Some(retry) = overflow_retry(state, upstream, compaction.as_ref(), &forwarded)
     {
-        sent = send_chat(state, model, &retry, query.as_deref(), &headers).await;
+        sent = send_chat(state, model, &retry, query.as_deref(), &headers)
+            .instrument(context.span.clone())
+            .await;
     }
-    record_call(state, &context.call, call_started, sent.as_ref());
+    record_call(state, &context, call_started, sent.as_ref());
     pipeline::finish_whole::<OpenAi>(state, sent?, &context).await
 }
 
 /// Operation name of chat completions in the GenAI conventions (`gen_ai.operation.name`).
 pub(super) const GEN_AI_OPERATION_CHAT: &str = "chat";
 
-/// Records the duration of a model call read whole, with the HTTP status or the
-/// sidecar's error code as its error type.
+/// Records the duration of a model call read whole in metrics and on its span, with the
+/// HTTP status or the sidecar's error code as its error type.
 pub(super) fn record_call(
     state: &ProxyState,
-    call: &GenAiCall,
+    context: &StreamContext,
     started: Instant,
     result: Result<&UpstreamResponse, &ProxyError>,
 ) {
@@ -169,9 +186,12 @@ pub(super) fn record_call(
         }
         Err(error) => Some(error.classify().2),
     };
+    if let Some(error_type) = error_type {
+        traces::record_error(&context.span, error_type);
+    }
     state
         .metrics
-        .record_gen_ai_call(call, started.elapsed(), error_type);
+        .record_gen_ai_call(&context.call, started.elapsed(), error_type);
 }
 
 /// Sends a non-streamed chat completion through the model's route.
@@ -194,6 +214,7 @@ async fn send_chat(
         .routes
         .dispatch(&state.metrics, Dialect::OpenAi, model, call)
         .await?;
+    traces::record_server(&Span::current(), routed.target.upstream.base_url());
     match routed.response {
         Opened::Whole(whole) => Ok(whole),
         Opened::Headers(response) => routed.target.upstream.read_whole(response).await,

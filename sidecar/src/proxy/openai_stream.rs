@@ -18,6 +18,8 @@ use super::stream::{self, StreamContext};
 use crate::config::routing::Dialect;
 use crate::dialect::openai::ChatRequest;
 use crate::stream::openai::OpenAiStream;
+use crate::telemetry::traces;
+use tracing::Instrument;
 
 /// Asks the upstream for usage in the stream. Returns true when the sidecar added the
 /// option, so the extra usage chunk must not reach the client.
@@ -58,6 +60,7 @@ pub(super) async fn stream_chat(
     let call_started = Instant::now();
     let open = |body: Bytes| {
         let model = context.model.clone();
+        let span = context.span.clone();
         async move {
             let call = Call {
                 method: &Method::POST,
@@ -70,13 +73,14 @@ pub(super) async fn stream_chat(
             state
                 .routes
                 .dispatch(&state.metrics, Dialect::OpenAi, &model, call)
+                .instrument(span)
                 .await
         }
     };
     let mut routed = match open(body.clone()).await {
         Ok(routed) => routed,
         Err(error) => {
-            super::openai::record_call(state, &context.call, call_started, Err(&error));
+            super::openai::record_call(state, &context, call_started, Err(&error));
             return Err(error);
         }
     };
@@ -96,13 +100,14 @@ pub(super) async fn stream_chat(
             _ => None,
         };
         let Some(retry) = retry else {
-            super::openai::record_call(state, &context.call, call_started, whole.as_ref());
+            super::openai::record_call(state, &context, call_started, whole.as_ref());
             return pipeline::finish_whole::<OpenAi>(state, whole?, &context).await;
         };
         retried = true;
         routed = open(retry).await?;
     };
 
+    traces::record_server(&context.span, target.upstream.base_url());
     let policy = context.guard.policy().clone();
     let guarded = OpenAiStream::new(
         context.guard.clone(),

@@ -22,6 +22,7 @@ use crate::dialect::guarding::Evaluation;
 use crate::guard::{BlockingRule, Guard};
 use crate::policy::Policy;
 use crate::policy::spec::{BlockResponse, Direction};
+use crate::telemetry::traces;
 
 /// The provider-specific pieces of the shared request steps.
 pub(super) trait ProviderDialect {
@@ -153,8 +154,12 @@ pub(super) async fn finish_whole<D: ProviderDialect>(
             .map_err(|e| invalid(format!("response is not JSON: {e}")))?;
         (value, None)
     };
+    traces::record_response(&context.span, &message);
     let started = Instant::now();
-    let output = D::guard_response(guard, &mut message);
+    let guard_span = traces::guardrail_span(Direction::Output);
+    let output = guard_span.in_scope(|| D::guard_response(guard, &mut message));
+    traces::record_guardrail(&guard_span, &output.verdict, &output.findings);
+    drop(guard_span);
     record_evaluation(
         state,
         &policy,

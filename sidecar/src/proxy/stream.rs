@@ -18,12 +18,14 @@ use super::reply::{copy_provider_headers, event_stream_headers};
 use super::routing::Target;
 use crate::context::tokens::TokenCounter;
 use crate::dialect::Message;
-use crate::guard::Guard;
+use crate::guard::{Guard, Verdict};
 use crate::policy::Policy;
 use crate::policy::spec::{Direction, StreamGuardMode};
 use crate::sse::{DEFAULT_MAX_EVENT_BYTES, Decoder};
 use crate::stream::{Flow, GuardedStream, StreamMode};
 use crate::telemetry::metrics::GenAiCall;
+use crate::telemetry::traces;
+use tracing::Span;
 
 /// Released pieces queued for the client before the reader waits; a slow client slows
 /// the upstream read instead of growing memory.
@@ -42,6 +44,9 @@ pub(super) struct StreamContext {
     /// The sidecar's estimate of the request's input tokens, compared with the
     /// upstream's count in the token estimate drift metric; `None` where not estimated.
     pub input_estimate: Option<u32>,
+    /// Client span of the model call. It ends when the context is dropped, which for a
+    /// stream is after its last event.
+    pub span: Span,
 }
 
 /// Returns the streaming guard's release mode under `policy`.
@@ -120,6 +125,13 @@ async fn pump<S: GuardedStream>(
     let mut error_type: Option<&'static str> = None;
     // Time spent in the streaming guard, summed over the stream's events.
     let mut evaluation = Duration::ZERO;
+    // One span covers the guard over the whole stream, because a span per event would
+    // cost more than the guard itself.
+    let guard_span = context
+        .span
+        .in_scope(|| traces::guardrail_span(Direction::Output));
+    let mut stream_findings = Vec::new();
+    let mut stream_verdict = Verdict::Allow;
 
     let flow = loop {
         let next = tokio::time::timeout(idle, upstream.next()).await;
@@ -182,9 +194,14 @@ async fn pump<S: GuardedStream>(
             },
         };
         evaluation += evaluation_started.elapsed();
-        state
-            .metrics
-            .record_findings(&policy.identity, &guarded.take_findings());
+        let findings = guarded.take_findings();
+        state.metrics.record_findings(&policy.identity, &findings);
+        if !guard_span.is_disabled() {
+            for finding in &findings {
+                stream_verdict.merge(Verdict::from_finding(finding));
+            }
+            stream_findings.extend(findings);
+        }
         if flow != Flow::Continue {
             // The last piece (with the stream's last event or the error event) is sent
             // after the turn is stored, so a client's next request always finds this turn
@@ -202,6 +219,11 @@ async fn pump<S: GuardedStream>(
         }
     };
 
+    traces::record_guardrail(&guard_span, &stream_verdict, &stream_findings);
+    drop(guard_span);
+    if let Some(error_type) = error_type {
+        traces::record_error(&context.span, error_type);
+    }
     state
         .metrics
         .record_gen_ai_call(&context.call, call_started.elapsed(), error_type);
@@ -255,6 +277,7 @@ pub(super) fn record_usage(
     response: Option<&Message>,
 ) {
     if let Some((input, output)) = reported {
+        traces::record_usage(&context.span, input, output);
         state
             .metrics
             .record_tokens(&context.call, input, output, "upstream");
@@ -268,6 +291,7 @@ pub(super) fn record_usage(
     let counter = TokenCounter::for_model(&context.model);
     let input = counter.messages(&context.request_messages);
     let output: u32 = response.map_or(0, |message| counter.message(message));
+    traces::record_usage(&context.span, u64::from(input), u64::from(output));
     state.metrics.record_tokens(
         &context.call,
         u64::from(input),

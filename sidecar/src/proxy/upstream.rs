@@ -110,6 +110,11 @@ impl Upstream {
         self.provider.api_key.is_some()
     }
 
+    /// Base URL of the provider, for span attributes.
+    pub fn base_url(&self) -> &reqwest::Url {
+        &self.provider.base_url
+    }
+
     /// Builds the provider URL for `path` (relative to the base URL, such as
     /// `chat/completions`) and the client's query string.
     fn url(&self, path: &str, query: Option<&str>) -> reqwest::Url {
