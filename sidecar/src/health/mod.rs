@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::policy::reload::GuardHandle;
 use crate::proxy::routing::RouteTable;
 use crate::state::{Admission, ConversationStore, StoreStatus};
+use crate::telemetry::LogFilter;
 use crate::telemetry::exposition;
 use crate::telemetry::metrics::Metrics;
 
@@ -47,6 +48,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/startupz", get(startupz))
         .route("/metrics", get(metrics))
+        .route("/loglevel", get(log_level).put(set_log_level))
         .with_state(state)
 }
 
@@ -163,6 +165,54 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .headers_mut()
         .insert(header::CONTENT_TYPE, content_type);
     response
+}
+
+/// `GET /loglevel`: the current log filter in `RUST_LOG` syntax.
+async fn log_level() -> Response {
+    match LogFilter::installed() {
+        Some(filter) => (StatusCode::OK, format!("{}\n", filter.current())).into_response(),
+        None => log_filter_missing(),
+    }
+}
+
+/// `PUT /loglevel`: replaces the log filter with the request body in `RUST_LOG` syntax,
+/// such as `debug` or `info,agent_sidecar::proxy=debug`. Logs never contain message
+/// content at any level, so this port may change it.
+async fn set_log_level(body: String) -> Response {
+    let Some(filter) = LogFilter::installed() else {
+        return log_filter_missing();
+    };
+    let directives = body.trim();
+    if directives.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "empty log filter; send a filter such as `debug` or `info,agent_sidecar::proxy=debug` as the request body"})),
+        )
+            .into_response();
+    }
+    match filter.set(directives) {
+        Ok(previous) => {
+            tracing::info!(previous = %previous, current = %directives, "log filter changed");
+            (
+                StatusCode::OK,
+                axum::Json(json!({"previous": previous, "current": filter.current()})),
+            )
+                .into_response()
+        }
+        Err(message) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": message})),
+        )
+            .into_response(),
+    }
+}
+
+fn log_filter_missing() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": "this process did not install a reloadable log filter"})),
+    )
+        .into_response()
 }
 
 /// Returns whether `/readyz` currently reports ready; the gRPC health service mirrors it.

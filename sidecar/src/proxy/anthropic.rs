@@ -52,6 +52,7 @@ pub async fn messages(State(state): State<ProxyState>, request: Request<Body>) -
         }
     };
     span.record("http.response.status_code", response.status().as_u16());
+    traces::log_request_finished(&span, &response, started.elapsed());
     state.metrics.record_request(
         ROUTE_MESSAGES,
         response.status().as_u16(),
@@ -82,7 +83,12 @@ async fn handle_messages(
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &messages.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
-    traces::record_policy(&Span::current(), &policy.identity);
+    traces::record_request(
+        &Span::current(),
+        &policy.identity,
+        &messages.model,
+        conversation.id.as_deref(),
+    );
     let started = Instant::now();
     let guard_span = traces::guardrail_span(Direction::Input);
     let input = guard_span.in_scope(|| dialect::guard_request(&guard, &mut messages));

@@ -45,6 +45,7 @@ pub async fn chat_completions(State(state): State<ProxyState>, request: Request<
         }
     };
     span.record("http.response.status_code", response.status().as_u16());
+    traces::log_request_finished(&span, &response, started.elapsed());
     state
         .metrics
         .record_request(ROUTE_CHAT, response.status().as_u16(), started.elapsed());
@@ -66,7 +67,12 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
     let policy = enforced.policy().clone();
     let conversation = conversation::open(state, &policy, &headers, &chat.body).await?;
     let guard = Arc::new(conversation::request_guard(state, &enforced, &conversation));
-    traces::record_policy(&Span::current(), &policy.identity);
+    traces::record_request(
+        &Span::current(),
+        &policy.identity,
+        &chat.model,
+        conversation.id.as_deref(),
+    );
     let started = Instant::now();
     let guard_span = traces::guardrail_span(Direction::Input);
     let input = guard_span.in_scope(|| dialect::guard_request(&guard, &mut chat));
@@ -189,6 +195,7 @@ pub(super) fn record_call(
     if let Some(error_type) = error_type {
         traces::record_error(&context.span, error_type);
     }
+    traces::record_upstream_time(&Span::current(), started.elapsed());
     state
         .metrics
         .record_gen_ai_call(&context.call, started.elapsed(), error_type);

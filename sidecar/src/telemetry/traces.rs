@@ -79,9 +79,12 @@ pub fn server_span(method: &str, route: &'static str, headers: &HeaderMap) -> Sp
         http.request.method = method,
         http.route = route,
         http.response.status_code = Empty,
+        request.id = request_id(headers),
+        model = Empty,
         policy = Empty,
         policy.hash = Empty,
         conversation.id = Empty,
+        upstream_ms = Empty,
     );
     if enabled() {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
@@ -91,11 +94,63 @@ pub fn server_span(method: &str, route: &'static str, headers: &HeaderMap) -> Sp
     span
 }
 
-/// Records the policy snapshot a request runs on, so every log line and span of the
-/// request names the policy version.
-pub fn record_policy(span: &Span, policy: &PolicyIdentity) {
+/// Longest `x-request-id` value kept on the request span, in bytes.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Returns the agent's `x-request-id` when it is printable ASCII of a bounded length.
+fn request_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= MAX_REQUEST_ID_BYTES)
+}
+
+/// Records what a request runs on: its model, its conversation and the policy snapshot,
+/// so every log line and span of the request names the policy version.
+pub fn record_request(
+    span: &Span,
+    policy: &PolicyIdentity,
+    model: &str,
+    conversation_id: Option<&str>,
+) {
+    span.record("model", model);
     span.record("policy", policy.name.as_str());
     span.record("policy.hash", policy.hash.as_str());
+    if let Some(id) = conversation_id {
+        span.record("conversation.id", id);
+    }
+}
+
+/// Records on the request span the time a model call took until its response headers
+/// (or its whole body, when read whole), in milliseconds.
+pub fn record_upstream_time(span: &Span, elapsed: std::time::Duration) {
+    span.record("upstream_ms", elapsed.as_secs_f64() * 1000.0);
+}
+
+/// Logs the one info line of a finished request, inside its span so the line carries the
+/// request's ids, model and policy: status, outcome (the verdict header, or `error`),
+/// the blocking rule and the time to the response headers.
+pub fn log_request_finished(
+    span: &Span,
+    response: &axum::response::Response,
+    elapsed: std::time::Duration,
+) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    let outcome = header(crate::proxy::VERDICT_HEADER).unwrap_or("error");
+    let blocked_rule = header(crate::proxy::BLOCKED_RULE_HEADER);
+    let _entered = span.enter();
+    tracing::info!(
+        status = response.status().as_u16(),
+        outcome,
+        blocked_rule,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request finished"
+    );
 }
 
 /// Returns the client span of one model call, named and attributed per the GenAI
@@ -119,7 +174,7 @@ pub fn model_call_span(call: &GenAiCall) -> Span {
     )
 }
 
-/// Records the address of the upstream target that answered a model call, which the
+/// Records the address of the upstream target that served a model call, which the
 /// route chooses only after retries and fallback.
 pub fn record_server(span: &Span, base_url: &reqwest::Url) {
     if let Some(host) = base_url.host_str() {
