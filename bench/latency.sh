@@ -49,7 +49,7 @@ f:close()
 LUA
 
 stub_port="$(free_port)"
-"$stub_bin" "127.0.0.1:$stub_port" & pids+=("$!")
+"$stub_bin" "127.0.0.1:$stub_port" --fixed & pids+=("$!")
 proxy_port="$(free_port)"
 admin_port="$(free_port)"
 

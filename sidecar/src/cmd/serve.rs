@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::config::routing::RoutingConfig;
 use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, Secret, SecretSource};
 use crate::context::{SummaryScheduler, summarize};
 use crate::grpc::{self, GrpcState};
@@ -306,7 +307,8 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         listen = %config.listen,
         admin = %config.admin_listen,
         grpc = %config.grpc_listen,
-        upstream = %config.openai.base_url,
+        targets = %target_summary(&config.routing),
+        routes = config.routing.routes.len(),
         "agent-sidecar started"
     );
 
@@ -499,4 +501,15 @@ fn random_key() -> Result<[u8; 32], String> {
         .and_then(|mut f| f.read_exact(&mut key))
         .map_err(|e| format!("cannot read /dev/urandom for the hash key: {e}"))?;
     Ok(key)
+}
+
+/// Names and base URLs of the upstream targets, as `name=url` separated by spaces, for the
+/// start line: with routes configured, the provider defaults may not be in use at all.
+fn target_summary(routing: &RoutingConfig) -> String {
+    routing
+        .targets
+        .iter()
+        .map(|target| format!("{}={}", target.name, target.provider.base_url))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -168,6 +168,13 @@ pub fn mutate(
         &pod_settings,
         &mut warnings,
     );
+    if pod_settings.credentials_secret.is_none() {
+        warnings.push(format!(
+            "no credentials Secret: the sidecar holds no provider key and forwards the agent's \
+             own; set annotation {CREDENTIALS_SECRET_ANNOTATION} or the injector's credentials \
+             Secret to keep the key in the sidecar"
+        ));
+    }
     Mutation {
         outcome: Outcome::Injected {
             mode: pod_settings.mode,

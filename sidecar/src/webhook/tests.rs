@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use super::admission::{Reviewed, review};
 use super::mutate::{NamespaceInjection, Outcome, SkipReason, mutate};
-use super::settings::{InjectionSettings, RedisSetting, SidecarMode};
+use super::settings::{
+    CREDENTIALS_SECRET_ANNOTATION, InjectionSettings, RedisSetting, SidecarMode,
+};
 
 const DEPLOYMENT_POD: &str = include_str!("testdata/deployment-pod.json");
 const BARE_POD: &str = include_str!("testdata/bare-pod.json");
@@ -333,7 +335,11 @@ fn bare_pod_without_labels_or_volumes() {
 
 #[test]
 fn job_pod_uses_native_sidecar_so_job_completes() {
-    let admitted = admit(JOB_POD, NamespaceInjection::NotEnabled, &settings());
+    let settings = InjectionSettings {
+        credentials_secret: Some("llm-keys".to_owned()),
+        ..settings()
+    };
+    let admitted = admit(JOB_POD, NamespaceInjection::NotEnabled, &settings);
     assert_eq!(admitted.reviewed.outcome, "injected");
     let pod = &admitted.pod;
     assert_eq!(spec(pod).restart_policy.as_deref(), Some("Never"));
@@ -554,6 +560,22 @@ fn classic_mode_puts_sidecar_first_with_wait_hook() {
     assert_points_at_sidecar(find(&spec(pod).containers, "agent"));
     assert_no_sidecar_env(sidecar);
     assert_eq!(status(pod)["mode"], "classic");
+}
+
+#[test]
+fn pod_without_credentials_secret_is_warned_that_the_agent_key_is_forwarded() {
+    let admitted = admit(JOB_POD, NamespaceInjection::NotEnabled, &settings());
+    assert_eq!(admitted.reviewed.outcome, "injected");
+    assert!(
+        admitted
+            .reviewed
+            .warnings
+            .iter()
+            .any(|w| w.contains("no credentials Secret")
+                && w.contains(CREDENTIALS_SECRET_ANNOTATION)),
+        "{:?}",
+        admitted.reviewed.warnings
+    );
 }
 
 #[test]
