@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -36,6 +36,7 @@ use super::metrics::WebhookMetrics;
 use super::mutate::NamespaceInjection;
 use super::settings::InjectionSettings;
 use super::tls::{Reload, ReloadingCertificate};
+use crate::telemetry::exposition;
 
 /// Largest review body read. The API server accepts objects up to 3 MiB, and a CREATE
 /// review carries one object plus a small envelope.
@@ -392,12 +393,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.metrics.encode().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let (body, content_type) = exposition::negotiate(&headers, state.metrics.encode());
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
     response
 }
 
