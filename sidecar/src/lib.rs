@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod config;
 pub mod context;
 pub mod dialect;
+pub mod events;
 pub mod grpc;
 pub mod guard;
 pub mod health;

@@ -13,12 +13,14 @@ use tokio::net::TcpListener;
 use crate::config::routing::RoutingConfig;
 use crate::config::{Config, Overrides, ProcessEnvironment, RawConfig, Secret, SecretSource};
 use crate::context::{SummaryScheduler, summarize};
+use crate::events::EventBus;
 use crate::grpc::{self, GrpcState};
 use crate::guard::pii::HashKey;
 use crate::health::{self, AdminState};
 use crate::policy::Policy;
 use crate::policy::reload::{DEFAULT_RELOAD_INTERVAL_MS, GuardHandle, PolicyWatcher};
 use crate::proxy::{self, ProxyState, upstream};
+use crate::state::escalation::{DEFAULT_ESCALATION_TTL, Escalations, MemoryEscalations};
 use crate::state::metered::MeteredStore;
 use crate::state::vault::VaultKey;
 use crate::state::{self, ConversationStore};
@@ -232,6 +234,13 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
             VaultKey::random()
         }
     };
+    let events = EventBus::new();
+    let escalations = Escalations {
+        store: Arc::new(MemoryEscalations::new()),
+        events: events.clone(),
+        metrics: metrics.clone(),
+        ttl: DEFAULT_ESCALATION_TTL,
+    };
     let summaries = SummaryScheduler::new(
         Arc::new(proxy::UpstreamSummarizer {
             routes: routes.clone(),
@@ -239,7 +248,8 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         }),
         store.clone(),
         summarize::DEFAULT_RETRY,
-    );
+    )
+    .with_events(events.clone());
     let grpc_state = GrpcState {
         guard: guard.clone(),
         store: store.clone(),
@@ -247,6 +257,8 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         summaries: summaries.clone(),
         metrics: metrics.clone(),
         max_message_bytes: config.max_request_body_bytes,
+        events: events.clone(),
+        escalations: escalations.clone(),
     };
     let proxy_router = proxy::router(ProxyState {
         guard: guard.clone(),

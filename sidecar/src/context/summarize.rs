@@ -19,6 +19,7 @@ use async_trait::async_trait;
 
 use super::tokens::TokenCounter;
 use crate::dialect::{Message, Part, Role};
+use crate::events::{EventBus, EventPayload};
 use crate::state::{Conversation, ConversationStore, Summary, Turn, now_ms};
 
 /// Input of one summarization.
@@ -108,6 +109,8 @@ pub struct SummaryScheduler {
     retry: RetrySettings,
     running: Arc<Mutex<HashSet<String>>>,
     stats: Arc<SummaryStats>,
+    /// Receives summarization started and finished events, when set.
+    events: Option<EventBus>,
 }
 
 /// Removes a conversation from the running set when its task ends, however it ends.
@@ -134,7 +137,14 @@ impl SummaryScheduler {
             retry,
             running: Arc::new(Mutex::new(HashSet::new())),
             stats: Arc::new(SummaryStats::default()),
+            events: None,
         }
+    }
+
+    /// Publishes summarization started and finished events to `events`.
+    pub fn with_events(mut self, events: EventBus) -> SummaryScheduler {
+        self.events = Some(events);
+        self
     }
 
     pub fn stats(&self) -> &SummaryStats {
@@ -185,7 +195,16 @@ impl SummaryScheduler {
             // that model's encoding.
             counter: TokenCounter::for_model(&conversation.metadata.model),
             ttl: settings.ttl,
+            events: self.events.clone(),
         };
+        if let Some(events) = &self.events {
+            events.publish(
+                Some(&conversation.id),
+                EventPayload::SummarizationStarted {
+                    model: settings.model.clone(),
+                },
+            );
+        }
         tokio::spawn(async move {
             let _guard = guard;
             task.run().await;
@@ -205,10 +224,26 @@ struct SummaryTask {
     covered_messages: u64,
     counter: TokenCounter,
     ttl: Duration,
+    events: Option<EventBus>,
 }
 
 impl SummaryTask {
     async fn run(self) {
+        let error = self.attempt_all().await;
+        if let Some(events) = &self.events {
+            events.publish(
+                Some(&self.request.conversation_id),
+                EventPayload::SummarizationFinished {
+                    stored: error.is_none(),
+                    error,
+                },
+            );
+        }
+    }
+
+    /// Summarizes with retries and stores the summary. Returns why it failed, or `None`
+    /// when the summary was stored.
+    async fn attempt_all(&self) -> Option<String> {
         let conversation_id = self.request.conversation_id.clone();
         let mut backoff = self.retry.initial_backoff;
         for attempt in 1..=self.retry.max_attempts.max(1) {
@@ -231,20 +266,23 @@ impl SummaryTask {
                         Ok(_) => {
                             self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(conversation.id = %conversation_id, end_turn = self.end_turn, "conversation summarized");
+                            return None;
                         }
                         Err(error) => {
                             self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(conversation.id = %conversation_id, error = %error, "failed to store a summary");
+                            return Some(format!("failed to store the summary: {error}"));
                         }
                     }
-                    return;
                 }
                 Err(error) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     if attempt >= self.retry.max_attempts {
                         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(conversation.id = %conversation_id, attempts = attempt, error = %error, "summarization failed; giving up until the next trigger");
-                        return;
+                        return Some(format!(
+                            "summarization failed after {attempt} attempts: {error}"
+                        ));
                     }
                     tracing::info!(conversation.id = %conversation_id, attempt, error = %error, "summarization failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -252,6 +290,8 @@ impl SummaryTask {
                 }
             }
         }
+        // The last attempt returns above; this covers a loop that never ran.
+        Some("summarization made no attempt".to_owned())
     }
 }
 

@@ -4,14 +4,16 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    finding_to_proto, message_to_proto, messages_from_proto, verdict_rule, verdict_to_proto,
+    finding_to_proto, message_to_proto, messages_from_proto, timestamp_from_ms, verdict_rule,
+    verdict_to_proto,
 };
 use super::invalid::{MAX_TOOL_NAME_LEN, Violations};
 use super::{GrpcState, proto};
 use crate::dialect::openai::guard_arguments;
 use crate::dialect::{Message, Part, Role};
-use crate::guard::{Finding, Guard, Verdict};
+use crate::guard::{Finding, FindingKind, Guard, Verdict};
 use crate::policy::spec::Direction;
+use crate::state::escalation::EscalationOutcome;
 
 /// Serves `agent_sidecar.v1.Guardrails`.
 #[derive(Debug, Clone)]
@@ -110,13 +112,8 @@ impl proto::guardrails_server::Guardrails for GuardrailsService {
         self.state.record_findings(&guard, &check.findings);
         // The deciding outcome is always the last finding; monitor-mode ones precede it.
         let deciding = check.findings.last();
-        let decision = match check.verdict {
-            Verdict::Allow | Verdict::Transform => proto::ActionDecision::Allow,
-            Verdict::Block { .. } => proto::ActionDecision::Deny,
-            Verdict::Escalate { .. } => proto::ActionDecision::Escalate,
-        };
-        Ok(Response::new(proto::CheckActionResponse {
-            decision: decision.into(),
+        let mut response = proto::CheckActionResponse {
+            decision: proto::ActionDecision::Allow.into(),
             rule_id: deciding.map(|f| f.rule.to_string()).unwrap_or_default(),
             reason: deciding.and_then(|f| f.detail.clone()).unwrap_or_default(),
             escalation_id: String::new(),
@@ -126,7 +123,55 @@ impl proto::guardrails_server::Guardrails for GuardrailsService {
                 .iter()
                 .map(|f| finding_to_proto(f, None))
                 .collect(),
-        }))
+        };
+        let decision = match &check.verdict {
+            Verdict::Allow | Verdict::Transform => proto::ActionDecision::Allow,
+            Verdict::Block { .. } => proto::ActionDecision::Deny,
+            Verdict::Escalate { rule, .. } => {
+                let outcome = self
+                    .state
+                    .escalations
+                    .decide(
+                        &guard,
+                        &request.conversation_id,
+                        &request.tool_name,
+                        arguments.as_ref(),
+                        rule,
+                    )
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "escalation store call failed");
+                        Status::unavailable(format!(
+                            "the call needs approval, but the escalation store failed: {e}; retry later"
+                        ))
+                    })?;
+                let escalation = outcome.escalation();
+                response.escalation_id = escalation.id.clone();
+                response.escalation_expire_time = Some(timestamp_from_ms(escalation.expires_at_ms));
+                match outcome {
+                    EscalationOutcome::Approved(_) => proto::ActionDecision::Allow,
+                    EscalationOutcome::Denied(_) => {
+                        self.state.publish_block(
+                            &request.conversation_id,
+                            &Verdict::Block {
+                                rule: rule.clone(),
+                                kind: FindingKind::Action,
+                            },
+                            Some(&request.tool_name),
+                        );
+                        proto::ActionDecision::Deny
+                    }
+                    EscalationOutcome::Pending { .. } => proto::ActionDecision::Escalate,
+                }
+            }
+        };
+        self.state.publish_block(
+            &request.conversation_id,
+            &check.verdict,
+            Some(&request.tool_name),
+        );
+        response.decision = decision.into();
+        Ok(Response::new(response))
     }
 }
 
@@ -181,6 +226,7 @@ fn check_content(
 
     let plain: Vec<Finding> = findings.iter().map(|(f, _)| f.clone()).collect();
     state.record_findings(&guard, &plain);
+    state.publish_block(conversation_id, &verdict, None);
     Ok(ContentResult {
         verdict,
         text: transformed_text,

@@ -5,6 +5,8 @@
 
 pub mod conversations;
 pub mod convert;
+pub mod escalations;
+pub mod events;
 pub mod guardrails;
 pub mod invalid;
 
@@ -20,9 +22,11 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::ListenAddress;
 use crate::context::{ModelCatalog, SummaryScheduler};
-use crate::guard::{Finding, Guard};
+use crate::events::{EventBus, EventPayload};
+use crate::guard::{Finding, Guard, Verdict};
 use crate::policy::reload::GuardHandle;
 use crate::state::ConversationStore;
+use crate::state::escalation::Escalations;
 use crate::telemetry::metrics::Metrics;
 
 /// Code generated from `proto/agent_sidecar/v1/*.proto` by `build.rs`.
@@ -42,9 +46,11 @@ pub mod proto {
 }
 
 /// Fully qualified names of the API's services, as health checks name them.
-pub const SERVICE_NAMES: [&str; 2] = [
+pub const SERVICE_NAMES: [&str; 4] = [
     "agent_sidecar.v1.Guardrails",
     "agent_sidecar.v1.Conversations",
+    "agent_sidecar.v1.Escalations",
+    "agent_sidecar.v1.Events",
 ];
 
 /// State shared by every gRPC service.
@@ -59,6 +65,8 @@ pub struct GrpcState {
     pub metrics: Arc<Metrics>,
     /// Largest encoded request or response message, in bytes.
     pub max_message_bytes: usize,
+    pub events: EventBus,
+    pub escalations: Escalations,
 }
 
 impl GrpcState {
@@ -66,6 +74,22 @@ impl GrpcState {
     /// changes the policy under a request in flight.
     pub fn guard(&self) -> Arc<Guard> {
         self.guard.current()
+    }
+
+    /// Publishes a rule block decided through the gRPC API.
+    fn publish_block(&self, conversation_id: &str, verdict: &Verdict, tool: Option<&str>) {
+        if let Verdict::Block { rule, kind } = verdict {
+            let conversation = (!conversation_id.is_empty()).then_some(conversation_id);
+            self.events.publish(
+                conversation,
+                EventPayload::RuleBlocked {
+                    rule: rule.to_string(),
+                    kind: kind.as_str(),
+                    source: "grpc",
+                    tool: tool.map(str::to_owned),
+                },
+            );
+        }
     }
 
     fn record_findings(&self, guard: &Guard, findings: &[Finding]) {
@@ -177,11 +201,22 @@ pub async fn serve(
     .max_decoding_message_size(limit)
     .max_encoding_message_size(limit);
 
+    let escalations = proto::escalations_server::EscalationsServer::new(
+        escalations::EscalationsService::new(state.clone()),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let events = proto::events_server::EventsServer::new(events::EventsService::new(state))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
     let router = Server::builder()
         .add_service(health)
         .add_service(reflection()?)
         .add_service(guardrails)
-        .add_service(conversations);
+        .add_service(conversations)
+        .add_service(escalations)
+        .add_service(events);
     let socket = match &listener {
         GrpcListener::Unix(_, path) => Some(path.clone()),
         GrpcListener::Tcp(_) => None,

@@ -274,6 +274,22 @@ impl Guard {
         ActionCheck { verdict, findings }
     }
 
+    /// Returns the name of a PII entity, such as `EMAIL`.
+    pub fn entity_name(&self, entity: pii::Entity) -> &str {
+        match (&self.policy.pii.scanner, entity) {
+            (Some(scanner), _) => scanner.entity_name(entity),
+            (None, pii::Entity::Builtin(builtin)) => builtin.name(),
+            // Without a scanner nothing matches, so no custom entity reaches here.
+            (None, pii::Entity::Custom(_)) => "PII",
+        }
+    }
+
+    /// Returns a keyed digest of `text` that identifies it without revealing it, such as
+    /// the fingerprint of a tool call an escalation applies to.
+    pub fn keyed_digest(&self, text: &str) -> String {
+        self.hash_key.token("DIGEST", text)
+    }
+
     /// Returns the rule that denies `tool` whatever its arguments, if any.
     pub fn tool_denied_outright(&self, tool: &str) -> Option<Arc<str>> {
         self.policy.actions.denied_outright(tool)

@@ -7,6 +7,7 @@
 //! conversation still being at `v`, so two sidecars appending to one conversation cannot
 //! silently interleave.
 
+pub mod escalation;
 pub mod id;
 pub mod memory;
 pub mod metered;

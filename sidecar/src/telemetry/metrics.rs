@@ -194,6 +194,15 @@ pub struct Metrics {
     policy_rules: Gauge,
     policy_info: Family<PolicyInfoLabels, Gauge>,
     policy_reloads: Family<OutcomeLabels, Counter>,
+    escalations: Family<EscalationLabels, Counter>,
+}
+
+/// Labels of `agent_sidecar_escalations_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EscalationLabels {
+    /// `created`, `approved` or `denied`.
+    pub event: String,
+    pub rule: String,
 }
 
 /// Buckets of the ratio of upstream-reported to estimated input tokens: 0.5 to 2.0,
@@ -409,6 +418,13 @@ impl Metrics {
             summarizations.clone(),
         );
 
+        let escalations = Family::<EscalationLabels, Counter>::default();
+        registry.register(
+            "escalations",
+            "Escalated tool calls created and resolved, by event (created, approved, denied) and rule",
+            escalations.clone(),
+        );
+
         let policy_rules = Gauge::default();
         registry.register(
             "policy_rules",
@@ -457,6 +473,7 @@ impl Metrics {
             policy_rules,
             policy_info,
             policy_reloads,
+            escalations,
         })
     }
 
@@ -711,6 +728,16 @@ impl Metrics {
         self.context_actions
             .get_or_create(&ActionLabels {
                 action: action.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an escalation being created, approved or denied.
+    pub fn record_escalation(&self, event: &str, rule: &str) {
+        self.escalations
+            .get_or_create(&EscalationLabels {
+                event: event.to_owned(),
+                rule: rule.to_owned(),
             })
             .inc();
     }
