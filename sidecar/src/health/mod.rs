@@ -176,8 +176,10 @@ async fn log_level() -> Response {
 }
 
 /// `PUT /loglevel`: replaces the log filter with the request body in `RUST_LOG` syntax,
-/// such as `debug` or `info,agent_sidecar::proxy=debug`. Logs never contain message
-/// content at any level, so this port may change it.
+/// such as `debug` or `info,agent_sidecar::proxy=debug`. This crate logs no message
+/// content at any level, so the admin port may change the filter.
+/// NOTE: at `trace`, dependencies such as hyper and h2 log connection detail that this
+/// project does not control; the privacy test covers `debug`.
 async fn set_log_level(body: String) -> Response {
     let Some(filter) = LogFilter::installed() else {
         return log_filter_missing();

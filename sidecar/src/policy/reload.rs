@@ -210,6 +210,8 @@ impl PolicyWatcher {
                 );
                 self.metrics.record_policy_loaded(&policy);
                 self.metrics.record_policy_reload(ReloadOutcome::Success);
+                // TODO: publish each reload outcome to gRPC event watchers; this tree has
+                // no event bus yet, so only the log, the metric and /readyz report it.
                 self.handle.install(policy);
                 Some(ReloadOutcome::Success)
             }

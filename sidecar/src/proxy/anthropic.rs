@@ -39,7 +39,7 @@ const MESSAGES_PATH: &str = "v1/messages";
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<ProxyState>, request: Request<Body>) -> Response {
     let started = Instant::now();
-    let span = traces::server_span("POST", "/v1/messages", request.headers());
+    let span = traces::server_span("POST /v1/messages", "/v1/messages", request.headers());
     let response = match handle_messages(&state, request)
         .instrument(span.clone())
         .await

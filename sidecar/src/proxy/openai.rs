@@ -35,7 +35,11 @@ const ROUTE_CHAT: &str = "chat_completions";
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<ProxyState>, request: Request<Body>) -> Response {
     let started = Instant::now();
-    let span = traces::server_span("POST", "/v1/chat/completions", request.headers());
+    let span = traces::server_span(
+        "POST /v1/chat/completions",
+        "/v1/chat/completions",
+        request.headers(),
+    );
     let response = match handle_chat(&state, request).instrument(span.clone()).await {
         Ok(response) => response,
         Err(error) => {

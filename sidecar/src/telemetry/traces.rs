@@ -69,14 +69,15 @@ pub fn build_provider() -> Result<SdkTracerProvider, String> {
         .build())
 }
 
-/// Returns the span of one proxied request, whose parent is the trace context in the
-/// agent's `traceparent` header when it sent one.
-pub fn server_span(method: &str, route: &'static str, headers: &HeaderMap) -> Span {
+/// Returns the span of one proxied `POST` request to `route`, whose parent is the trace
+/// context in the agent's `traceparent` header when it sent one. `name` is the span
+/// name, `POST {route}`, passed whole so that no request formats it.
+pub fn server_span(name: &'static str, route: &'static str, headers: &HeaderMap) -> Span {
     let span = tracing::info_span!(
         "request",
-        otel.name = format!("{method} {route}"),
+        otel.name = name,
         otel.kind = "server",
-        http.request.method = method,
+        http.request.method = "POST",
         http.route = route,
         http.response.status_code = Empty,
         request.id = request_id(headers),
