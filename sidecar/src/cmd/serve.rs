@@ -277,7 +277,9 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         .policy
         .clone()
         .filter(|_| !reload_interval.is_zero())
-        .map(|path| PolicyWatcher::new(guard.clone(), path, metrics.clone()));
+        .map(|path| {
+            PolicyWatcher::new(guard.clone(), path, metrics.clone()).with_events(events.clone())
+        });
     let admin_state = AdminState {
         guard,
         store: store.clone(),

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::load::{self, PolicyErrors};
 use super::{Policy, content_hash};
+use crate::events::{EventBus, EventPayload};
 use crate::guard::Guard;
 use crate::guard::pii::HashKey;
 use crate::telemetry::metrics::Metrics;
@@ -151,6 +152,8 @@ pub struct PolicyWatcher {
     path: PathBuf,
     metrics: Arc<Metrics>,
     seen: Seen,
+    /// Bus that gRPC event watchers read; `None` publishes nothing.
+    events: Option<EventBus>,
 }
 
 impl PolicyWatcher {
@@ -162,6 +165,19 @@ impl PolicyWatcher {
             path,
             metrics,
             seen,
+            events: None,
+        }
+    }
+
+    /// Publishes each reload outcome, applied or rejected, on `events`.
+    pub fn with_events(mut self, events: EventBus) -> PolicyWatcher {
+        self.events = Some(events);
+        self
+    }
+
+    fn publish(&self, payload: EventPayload) {
+        if let Some(events) = &self.events {
+            events.publish(None, payload);
         }
     }
 
@@ -210,8 +226,12 @@ impl PolicyWatcher {
                 );
                 self.metrics.record_policy_loaded(&policy);
                 self.metrics.record_policy_reload(ReloadOutcome::Success);
-                // TODO: publish each reload outcome to gRPC event watchers; this tree has
-                // no event bus yet, so only the log, the metric and /readyz report it.
+                self.publish(EventPayload::PolicyReloaded {
+                    applied: true,
+                    policy_name: policy.identity.name.clone(),
+                    policy_hash: policy.identity.hash.clone(),
+                    error: None,
+                });
                 self.handle.install(policy);
                 Some(ReloadOutcome::Success)
             }
@@ -221,6 +241,13 @@ impl PolicyWatcher {
 
     fn rejected(&self, hash: Option<String>, errors: &PolicyErrors) -> ReloadOutcome {
         let enforced = self.handle.current();
+        // One line, so log collectors keep the whole report in one record.
+        let report = errors
+            .0
+            .iter()
+            .map(|e| e.to_string().replace('\n', " "))
+            .collect::<Vec<_>>()
+            .join("; ");
         // Logged once per rejected version, because the next poll finds the same hash and
         // returns early.
         tracing::error!(
@@ -229,11 +256,16 @@ impl PolicyWatcher {
             policy = %enforced.policy().identity.name,
             policy.hash = %enforced.policy().identity.hash,
             problems = errors.0.len(),
-            // One line, so log collectors keep the whole report in one record.
-            errors = %errors.0.iter().map(|e| e.to_string().replace('\n', " ")).collect::<Vec<_>>().join("; "),
+            errors = %report,
             "policy reload rejected; the last valid policy stays enforced"
         );
         self.metrics.record_policy_reload(ReloadOutcome::Failure);
+        self.publish(EventPayload::PolicyReloaded {
+            applied: false,
+            policy_name: enforced.policy().identity.name.clone(),
+            policy_hash: hash.clone().unwrap_or_default(),
+            error: Some(report),
+        });
         self.handle.reject(hash, errors);
         ReloadOutcome::Failure
     }

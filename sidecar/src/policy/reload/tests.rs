@@ -2,6 +2,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
+use crate::events::{EventBus, EventPayload};
 use crate::guard::pii::HashKey;
 use crate::policy::spec::Direction;
 
@@ -193,4 +194,45 @@ fn configmap_symlink_swap_is_installed() {
 
     assert_eq!(watcher.poll(), Some(ReloadOutcome::Success));
     assert_eq!(handle.current().policy().identity.name, "second");
+}
+
+#[tokio::test]
+async fn reload_outcomes_are_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, policy_text("first", "alpha")).expect("write");
+    let (_, watcher, _) = watcher_for(&path);
+    let events = EventBus::new();
+    let mut received = events.subscribe();
+    let mut watcher = watcher.with_events(events);
+
+    std::fs::write(&path, INVALID_POLICY).expect("write");
+    watcher.poll();
+    std::fs::write(&path, policy_text("second", "beta")).expect("write");
+    watcher.poll();
+
+    let rejected = received.recv().await.expect("rejection event");
+    let EventPayload::PolicyReloaded {
+        applied,
+        policy_name,
+        error,
+        ..
+    } = &rejected.payload
+    else {
+        panic!("expected a policy reload event, got {:?}", rejected.payload);
+    };
+    assert!(!applied);
+    assert_eq!(policy_name, "first");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("spec.topics[0].patterns[0]")),
+        "{error:?}"
+    );
+
+    let applied_event = received.recv().await.expect("reload event");
+    assert!(matches!(
+        &applied_event.payload,
+        EventPayload::PolicyReloaded { applied: true, policy_name, error: None, .. } if policy_name == "second"
+    ));
 }
