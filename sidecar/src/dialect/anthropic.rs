@@ -1,8 +1,10 @@
 //! Anthropic Messages API: request validation, guarding of every text-bearing block in
 //! place, refusal replies, and assembly of a streamed message into one response.
 //!
-//! `thinking` and `redacted_thinking` blocks pass through unchanged and unscanned: their
-//! signature covers the text, so the API rejects a thinking block the sidecar rewrote.
+//! `thinking` and `redacted_thinking` blocks pass through unchanged: their signature
+//! covers the text, so the API rejects a thinking block the sidecar rewrote. With
+//! `spec.thinking.scan` the text of `thinking` blocks is checked, and only a blocking
+//! rule acts on it.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -408,12 +410,42 @@ fn guard_message(
     );
     for block in blocks.iter_mut() {
         match block_type(block) {
+            Some("thinking") => check_thinking(guard, direction, block, evaluation),
             Some("tool_use") => guard_tool_use(guard, direction, block, evaluation),
             Some("tool_result" | "search_result") => {
                 guard_nested(guard, direction, block, evaluation);
             }
             _ => {}
         }
+    }
+}
+
+/// Checks a `thinking` block's text when the policy scans thinking. The text is not
+/// rewritten, so only a blocking verdict is kept.
+fn check_thinking(guard: &Guard, direction: Direction, block: &Value, evaluation: &mut Evaluation) {
+    if !guard.policy().thinking.scan {
+        return;
+    }
+    if let Some(text) = block.get("thinking").and_then(Value::as_str) {
+        evaluation.absorb_all(check_thinking_text(guard, direction, text));
+    }
+}
+
+/// Checks thinking text with the content rules and keeps the verdict only when it
+/// blocks, because the text cannot be rewritten.
+///
+/// NOTE: findings of transforming rules are still recorded with their outcome (such as
+/// `redact`), although the thinking text keeps the value.
+pub fn check_thinking_text(guard: &Guard, direction: Direction, text: &str) -> Evaluation {
+    let check = guard.check_content(direction, &[text]);
+    let verdict = if check.verdict.is_blocking() {
+        check.verdict
+    } else {
+        Verdict::Allow
+    };
+    Evaluation {
+        verdict,
+        findings: check.findings,
     }
 }
 
@@ -512,7 +544,7 @@ fn unix_now_nanos() -> u128 {
 
 /// Builds a `message` whose only content is the refusal, for a request blocked before it
 /// reached the model. `stop_reason` is `refusal`, the value the API uses when it
-/// declines to answer.
+/// declines a request.
 pub fn refusal_message(model: &str, refusal: &str) -> Value {
     json!({
         "id": format!("msg_sidecar_{:x}", unix_now_nanos()),
@@ -724,7 +756,7 @@ pub fn message_to_events(message: &Value) -> Vec<(&'static str, Value)> {
     events
 }
 
-/// The start, delta and stop events of one whole content block.
+/// Returns the start, delta and stop events of one whole content block.
 pub fn block_events(index: u64, block: &Value) -> Vec<(&'static str, Value)> {
     let mut start = block.clone();
     let delta = match (block_type(block), &mut start) {

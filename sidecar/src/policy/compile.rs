@@ -105,6 +105,7 @@ pub fn compile(
         actions,
         pii,
         stream: spec.stream.clone(),
+        thinking: spec.thinking.clone(),
         rule_count,
         context,
         conversation,

@@ -240,6 +240,7 @@ const SPEC_FIELDS: &[&str] = &[
     "context",
     "conversation",
     "stream",
+    "thinking",
 ];
 const ACTIONS_FIELDS: &[&str] = &["default", "defaultRuleId", "rules"];
 
@@ -359,6 +360,11 @@ fn parse_spec(source: &str, value: Value, errors: &mut Vec<PolicyError>) -> Opti
             "stream" => {
                 if let Some(v) = deserialize_at(value, &path, source, errors) {
                     spec.stream = v;
+                }
+            }
+            "thinking" => {
+                if let Some(v) = deserialize_at(value, &path, source, errors) {
+                    spec.thinking = v;
                 }
             }
             "customEntities" => {

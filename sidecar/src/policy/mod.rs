@@ -68,6 +68,7 @@ pub struct Policy {
     pub actions: ActionPolicy,
     pub pii: PiiPolicy,
     pub stream: spec::StreamSettings,
+    pub thinking: spec::ThinkingSettings,
     pub rule_count: usize,
     /// Context-window management, when the policy has a `context` section.
     pub context: Option<crate::context::ContextPolicy>,

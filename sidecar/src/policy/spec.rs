@@ -292,6 +292,21 @@ pub struct Spec {
     pub conversation: Option<ConversationSpec>,
     #[serde(default)]
     pub stream: StreamSettings,
+    /// Checking of model reasoning (Anthropic `thinking` blocks).
+    #[serde(default)]
+    pub thinking: ThinkingSettings,
+}
+
+/// Settings for checking model reasoning (Anthropic `thinking` blocks).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThinkingSettings {
+    /// Checks thinking text with the topic and PII rules. A blocking rule blocks the
+    /// request or response, and other findings are only recorded. The text is never rewritten,
+    /// because its signature covers it, and a streamed thinking block is released whole
+    /// after its check. Off by default: thinking passes unscanned.
+    #[serde(default)]
+    pub scan: bool,
 }
 
 /// How streamed responses are guarded.

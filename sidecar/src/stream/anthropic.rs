@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use super::text::{StreamMode, TextStream};
 use super::{Flow, GuardedStream, StreamError, take_event};
 use crate::dialect::anthropic::{
-    MessageAssembly, block_events, guard_tool_use, merge_usage, parse_tool_input, read_usage,
-    response_message, restore_block,
+    MessageAssembly, block_events, check_thinking_text, guard_tool_use, merge_usage,
+    parse_tool_input, read_usage, response_message, restore_block,
 };
 use crate::dialect::guarding::Evaluation;
 use crate::dialect::{Message, openai::guard_arguments};
@@ -37,6 +37,13 @@ enum OpenBlock {
         index: u64,
         block: Value,
         input: String,
+    },
+    /// A thinking block under `spec.thinking.scan`, held until its text is whole and
+    /// checked. `events` are the held (name, payload) pairs in order.
+    Thinking {
+        index: u64,
+        text: String,
+        events: Vec<(String, Value)>,
     },
     /// Any other block, forwarded event by event.
     Passthrough,
@@ -147,6 +154,18 @@ impl AnthropicStream {
                     input: String::new(),
                 };
             }
+            Some("thinking") if self.guard.policy().thinking.scan => {
+                let text = block
+                    .get("thinking")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                self.block = OpenBlock::Thinking {
+                    index,
+                    text,
+                    events: vec![(name.to_owned(), event)],
+                };
+            }
             _ => {
                 self.block = OpenBlock::Passthrough;
                 self.forward(name, data, &event, out);
@@ -178,6 +197,19 @@ impl AnthropicStream {
             ) if *open == index => {
                 input.push_str(fragment("partial_json"));
             }
+            (
+                OpenBlock::Thinking {
+                    index: open,
+                    text,
+                    events,
+                },
+                _,
+            ) if *open == index => {
+                if kind == Some("thinking_delta") {
+                    text.push_str(fragment("thinking"));
+                }
+                events.push((name.to_owned(), event.clone()));
+            }
             _ => self.forward(name, data, &event, out),
         }
         Flow::Continue
@@ -196,6 +228,21 @@ impl AnthropicStream {
                 block,
                 input,
             } => return self.release_tool_use(index, block, &input, out),
+            OpenBlock::Thinking {
+                index,
+                text,
+                events,
+            } => {
+                let evaluation = check_thinking_text(&self.guard, Direction::Output, &text);
+                self.findings.extend(evaluation.findings);
+                if self.is_blocking(&evaluation.verdict) {
+                    return self.block_stream(&evaluation.verdict, None, index, out);
+                }
+                for (held_name, held) in events {
+                    self.emit(&held_name, &held, out);
+                }
+                self.forward(name, data, &event, out);
+            }
             OpenBlock::Passthrough => self.forward(name, data, &event, out),
         }
         Flow::Continue
@@ -393,7 +440,7 @@ impl AnthropicStream {
     }
 }
 
-/// The `error` event type for a sidecar-detected upstream failure code.
+/// Returns the `error` event type for a sidecar-detected upstream failure code.
 fn failure_type(code: &str) -> &'static str {
     match code {
         "upstream_timeout" => "timeout_error",

@@ -316,3 +316,43 @@ fn request_messages_include_system_and_tool_parts() {
         }]
     );
 }
+
+fn scanning_guard() -> Guard {
+    let policy = crate::policy::compile_for_test(&format!("{POLICY}  thinking: {{scan: true}}\n"));
+    Guard::new(Arc::new(policy), Arc::new(HashKey::new(b"k")))
+}
+
+#[test]
+fn scanned_thinking_blocks_but_is_not_rewritten() {
+    let guard = scanning_guard();
+    let pii =
+        json!({"type": "thinking", "thinking": "mail jane.doe@example.com", "signature": "sig"});
+    let mut response = json!({"content": [pii.clone(), {"type": "text", "text": "ok"}]});
+    let evaluation = guard_response(&guard, &mut response);
+    assert_eq!(evaluation.verdict, Verdict::Allow);
+    assert_eq!(evaluation.findings.len(), 1, "the email is recorded");
+    assert_eq!(
+        response["content"][0], pii,
+        "thinking text keeps its signature"
+    );
+
+    let mut denied = json!({"content": [
+        {"type": "thinking", "thinking": "they want to build a bomb", "signature": "sig"},
+    ]});
+    let evaluation = guard_response(&guard, &mut denied);
+    assert!(
+        matches!(evaluation.verdict, Verdict::Block { .. }),
+        "{:?}",
+        evaluation.verdict
+    );
+}
+
+#[test]
+fn unscanned_thinking_is_ignored() {
+    let mut denied = json!({"content": [
+        {"type": "thinking", "thinking": "they want to build a bomb", "signature": "sig"},
+    ]});
+    let evaluation = guard_response(&guard(), &mut denied);
+    assert_eq!(evaluation.verdict, Verdict::Allow);
+    assert!(evaluation.findings.is_empty());
+}

@@ -312,3 +312,72 @@ fn stream_cut_short_releases_then_fails() {
     );
     assert!(out.contains("api_error"), "{out}");
 }
+
+fn thinking_block(index: u64, text: &str) -> Vec<Value> {
+    vec![
+        json!({"type": "content_block_start", "index": index, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": text}}),
+        json!({"type": "content_block_delta", "index": index, "delta": {"type": "signature_delta", "signature": "sig"}}),
+        json!({"type": "content_block_stop", "index": index}),
+    ]
+}
+
+fn scanning() -> AnthropicStream {
+    let yaml = format!("{POLICY}  thinking: {{scan: true}}\n");
+    let guard = Guard::new(
+        Arc::new(crate::policy::compile_for_test(&yaml)),
+        Arc::new(HashKey::new(b"k")),
+    );
+    AnthropicStream::new(Arc::new(guard), StreamMode::Guarded, 8192)
+}
+
+#[test]
+fn scanned_thinking_held_until_checked() {
+    let events = stream_of(
+        vec![
+            thinking_block(0, "they want to build a bomb"),
+            text_block(1, &["Sure."]),
+        ],
+        "end_turn",
+    );
+    let mut stream = scanning();
+    let mut out = String::new();
+    let mut flow = Flow::Continue;
+    for event in &events {
+        flow = stream.on_frame(frame(event), &mut out);
+        if flow != Flow::Continue {
+            break;
+        }
+    }
+    assert_eq!(flow, Flow::Finished);
+    assert!(
+        !out.contains("bomb"),
+        "blocked thinking never reaches the client: {out}"
+    );
+    let message = client_message(&out);
+    assert_eq!(
+        message["content"][0],
+        json!({"type": "text", "text": "No."})
+    );
+    assert_eq!(message["stop_reason"], json!("refusal"));
+}
+
+#[test]
+fn scanned_thinking_released_unchanged() {
+    let events = stream_of(
+        vec![thinking_block(0, "mail jane.doe@example.com")],
+        "end_turn",
+    );
+    let mut stream = scanning();
+    let mut out = String::new();
+    for event in &events {
+        stream.on_frame(frame(event), &mut out);
+    }
+    let message = client_message(&out);
+    assert_eq!(
+        message["content"][0]["thinking"],
+        json!("mail jane.doe@example.com")
+    );
+    assert_eq!(message["content"][0]["signature"], json!("sig"));
+    assert_eq!(stream.take_findings().len(), 1, "the email is recorded");
+}
