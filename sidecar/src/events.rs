@@ -2,8 +2,8 @@
 //! escalations, rule blocks, policy reloads), broadcast to every watcher, such as the
 //! gRPC `Events.Watch` stream.
 //!
-//! Events are not stored. A watcher sees only events published while it is subscribed,
-//! and one that falls more than [`EVENT_BUFFER`] events behind misses the oldest.
+//! Events are not stored. A watcher receives only events published while it is
+//! subscribed, and one that falls more than [`EVENT_BUFFER`] events behind misses the oldest.
 //! Events carry ids, rule ids and redacted arguments, never message content.
 
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub enum EventPayload {
     SummarizationFinished {
         /// Whether the summary was stored.
         stored: bool,
-        /// Why it failed; `None` on success.
+        /// Reason for the failure; `None` on success.
         error: Option<String>,
     },
     EscalationCreated(Escalation),
@@ -36,7 +36,7 @@ pub enum EventPayload {
         rule: String,
         /// Finding kind label, such as `topic` or `action`.
         kind: &'static str,
-        /// Where the decision was made: `proxy` or `grpc`.
+        /// Component that made the decision: `proxy` or `grpc`.
         source: &'static str,
         /// The denied tool, for action rules.
         tool: Option<String>,
@@ -46,7 +46,7 @@ pub enum EventPayload {
         applied: bool,
         policy_name: String,
         policy_hash: String,
-        /// Why the new version was rejected.
+        /// Reason the new version was rejected.
         error: Option<String>,
     },
 }
@@ -86,7 +86,7 @@ impl EventBus {
             conversation_id: conversation_id.map(str::to_owned),
             payload,
         };
-        // An error only means that nobody watches.
+        // An error only means that no watcher is subscribed.
         let _ = self.sender.send(Arc::new(event));
     }
 

@@ -334,3 +334,121 @@ async fn escalations_and_events_reject_malformed_requests() {
         .collect();
     assert_eq!(fields, ["types[0]"]);
 }
+
+/// A chat completion whose assistant message calls `wire_transfer`.
+const TOOL_CALL_COMPLETION: &str = r#"{"id":"chatcmpl-esc","object":"chat.completion","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"wire_transfer","arguments":"{\"amount\":5000}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tool_calls":0,"prompt_tokens":20,"completion_tokens":5,"total_tokens":25}}"#;
+
+/// Starts a stub OpenAI upstream on loopback that always returns the tool call.
+async fn tool_call_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            ([("content-type", "application/json")], TOOL_CALL_COMPLETION)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind stub upstream");
+    let address = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}/v1")
+}
+
+async fn chat(sidecar: &Sidecar, conversation: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", sidecar.proxy))
+        .header("x-agent-conversation-id", conversation)
+        .header("authorization", "Bearer test")
+        .header("content-type", "application/json")
+        .body(
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Send the transfer"}]}"#,
+        )
+        .send()
+        .await
+        .expect("proxy answers");
+    let status = response.status().as_u16();
+    let body = response.bytes().await.expect("body");
+    (status, serde_json::from_slice(&body).expect("JSON body"))
+}
+
+#[tokio::test]
+async fn proxy_names_pending_escalation_then_follows_resolution() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = tool_call_upstream().await;
+    let sidecar = Sidecar::start(
+        &write_policy(dir.path()),
+        None,
+        &["--openai-upstream", &upstream],
+    );
+    let mut escalations = EscalationsClient::new(sidecar.ready_channel().await);
+
+    let (status, body) = chat(&sidecar, "conv-proxy-approve").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "approval_required");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(message.contains("approval pending"), "{message}");
+    let listed = escalations
+        .list(proto::ListRequest {
+            conversation_id: "conv-proxy-approve".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("list succeeds")
+        .into_inner();
+    assert_eq!(listed.escalations.len(), 1);
+    let id = listed.escalations[0].escalation_id.clone();
+    assert!(message.contains(&id), "{message} names {id}");
+
+    let (status, body) = chat(&sidecar, "conv-proxy-approve").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&id)),
+        "the retried call is held by the same escalation: {body}"
+    );
+
+    escalations
+        .resolve(proto::ResolveRequest {
+            escalation_id: id.clone(),
+            resolution: proto::Resolution::Approve.into(),
+            resolved_by: "oncall@example.com".to_owned(),
+            reason: String::new(),
+        })
+        .await
+        .expect("resolve succeeds");
+    let (status, body) = chat(&sidecar, "conv-proxy-approve").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "wire_transfer"
+    );
+
+    let (status, _) = chat(&sidecar, "conv-proxy-deny").await;
+    assert_eq!(status, 403);
+    let pending = escalations
+        .list(proto::ListRequest {
+            conversation_id: "conv-proxy-deny".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("list succeeds")
+        .into_inner();
+    escalations
+        .resolve(proto::ResolveRequest {
+            escalation_id: pending.escalations[0].escalation_id.clone(),
+            resolution: proto::Resolution::Deny.into(),
+            resolved_by: "oncall@example.com".to_owned(),
+            reason: "not today".to_owned(),
+        })
+        .await
+        .expect("resolve succeeds");
+    let (status, body) = chat(&sidecar, "conv-proxy-deny").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "blocked_by_policy");
+}

@@ -236,6 +236,8 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
     };
     let events = EventBus::new();
     let escalations = Escalations {
+        // TODO: escalations live in memory even with --redis-url, so they are lost on
+        // restart and each replica keeps its own; a Redis backend is not written yet.
         store: Arc::new(MemoryEscalations::new()),
         events: events.clone(),
         metrics: metrics.clone(),
@@ -272,6 +274,7 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         summaries,
         max_request_body_bytes: config.max_request_body_bytes,
         passthrough_unknown_paths: config.passthrough_unknown_paths,
+        escalations,
     });
     let watcher = config
         .policy

@@ -29,8 +29,8 @@ impl EscalationsService {
     }
 }
 
-/// Returns the state a client sees: a pending or resolved escalation past its expiry is
-/// expired.
+/// Returns the state shown to clients: a pending or resolved escalation past its expiry
+/// is expired.
 fn visible_state(escalation: &Escalation, now: u64) -> proto::EscalationState {
     if escalation.is_expired(now) {
         return proto::EscalationState::Expired;

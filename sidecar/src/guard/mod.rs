@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::policy::spec::{Decision, Direction, Mode, PiiAction};
 use crate::policy::{PiiBinding, Policy};
 use crate::state::SealedEntry;
+use crate::state::escalation::{EscalationState, RequestEscalations};
 use crate::state::vault::{PseudonymVault, pending_placeholder_len};
 use pii::{HashKey, PiiMatch};
 use topic::TopicMatch;
@@ -92,6 +93,8 @@ pub struct Guard {
     hash_key: Arc<HashKey>,
     /// Per-request vault; `pseudonymize` without one writes a `hash` token instead.
     vault: Option<Arc<Mutex<PseudonymVault>>>,
+    /// Per-request escalations; without them an escalated call stays escalated.
+    escalations: Option<Arc<RequestEscalations>>,
 }
 
 impl Guard {
@@ -100,6 +103,7 @@ impl Guard {
             policy,
             hash_key,
             vault: None,
+            escalations: None,
         }
     }
 
@@ -110,7 +114,22 @@ impl Guard {
             policy: self.policy.clone(),
             hash_key: self.hash_key.clone(),
             vault: Some(Arc::new(Mutex::new(vault))),
+            escalations: self.escalations.clone(),
         }
+    }
+
+    /// Returns a guard for one request that decides escalated tool calls with
+    /// `escalations`: allowed after approval, denied after denial, else raised there.
+    pub fn with_escalations(&self, escalations: Arc<RequestEscalations>) -> Guard {
+        Guard {
+            escalations: Some(escalations),
+            ..self.clone()
+        }
+    }
+
+    /// Returns the request's escalations, when the guard has them.
+    pub fn escalations(&self) -> Option<&Arc<RequestEscalations>> {
+        self.escalations.as_ref()
     }
 
     fn vault(&self) -> Option<MutexGuard<'_, PseudonymVault>> {
@@ -250,11 +269,29 @@ impl Guard {
         let mut verdict = Verdict::Allow;
         let mut findings = Vec::new();
         for outcome in self.policy.actions.evaluate(tool, arguments) {
-            let mapped = match outcome.decision {
+            let mut mapped = match outcome.decision {
                 Decision::Allow => Outcome::Allow,
                 Decision::Deny => Outcome::Block,
                 Decision::Escalate => Outcome::Escalate,
             };
+            let mut detail = outcome.violation;
+            if let (Outcome::Escalate, Mode::Enforce, Some(escalations)) =
+                (mapped, outcome.mode, &self.escalations)
+            {
+                let (state, id) = escalations.decide(self, tool, arguments, &outcome.rule);
+                (mapped, detail) = match state {
+                    EscalationState::Approved => {
+                        (Outcome::Allow, Some(format!("approved in escalation {id}")))
+                    }
+                    EscalationState::Denied => {
+                        (Outcome::Block, Some(format!("denied in escalation {id}")))
+                    }
+                    EscalationState::Pending => (
+                        Outcome::Escalate,
+                        Some(format!("approval pending in escalation {id}")),
+                    ),
+                };
+            }
             let finding = Finding {
                 rule: outcome.rule,
                 kind: FindingKind::Action,
@@ -266,7 +303,7 @@ impl Guard {
                 start: None,
                 end: None,
                 tool: Some(tool.to_owned()),
-                detail: outcome.violation,
+                detail,
             };
             verdict.merge(Verdict::from_finding(&finding));
             findings.push(finding);

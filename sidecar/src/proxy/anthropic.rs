@@ -109,6 +109,7 @@ async fn handle_messages(
             messages.stream,
             block,
             None,
+            None,
         );
     }
 

@@ -23,6 +23,7 @@ use crate::dialect::{Message, Part, Role};
 use crate::guard::Guard;
 use crate::policy::Policy;
 use crate::policy::spec::PiiAction;
+use crate::state::escalation::RequestEscalations;
 use crate::state::vault::PseudonymVault;
 use crate::state::{Admission, Append, Conversation, ConversationStore, StoreError, Summary, Turn};
 use crate::telemetry::metrics::Metrics;
@@ -34,6 +35,8 @@ pub(super) struct RequestConversation {
     /// The stored conversation; `None` when it is new, the store is unavailable, or the
     /// request has no conversation.
     pub stored: Option<Conversation>,
+    /// The conversation's escalations; `None` when the request has no conversation.
+    pub escalations: Option<Arc<RequestEscalations>>,
 }
 
 /// Finds the request's conversation, checks admission with the store and loads the
@@ -62,7 +65,15 @@ pub(super) async fn open(
         },
         None => None,
     };
-    Ok(RequestConversation { id, stored })
+    let escalations = match &id {
+        Some(id) => Some(Arc::new(state.escalations.for_request(id).await)),
+        None => None,
+    };
+    Ok(RequestConversation {
+        id,
+        stored,
+        escalations,
+    })
 }
 
 /// Returns a guard for this request: with a pseudonym vault when the policy
@@ -73,6 +84,14 @@ pub(super) fn request_guard(
     enforced: &Guard,
     conversation: &RequestConversation,
 ) -> Guard {
+    let guard = vault_guard(state, enforced, conversation);
+    match &conversation.escalations {
+        Some(escalations) => guard.with_escalations(escalations.clone()),
+        None => guard,
+    }
+}
+
+fn vault_guard(state: &ProxyState, enforced: &Guard, conversation: &RequestConversation) -> Guard {
     let pseudonymizes = enforced.policy().pii.bindings.values().any(|binding| {
         binding.input == PiiAction::Pseudonymize || binding.output == PiiAction::Pseudonymize
     });

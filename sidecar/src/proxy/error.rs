@@ -27,8 +27,13 @@ pub enum ProxyError {
     MethodNotAllowed { method: String, path: String },
     #[error("request blocked by guardrail policy: rule {rule:?} ({kind})")]
     Blocked { rule: String, kind: &'static str },
-    #[error("request requires approval under guardrail policy: rule {rule:?} ({kind})")]
-    ApprovalRequired { rule: String, kind: &'static str },
+    #[error("{}", approval_message(rule, kind, escalation.as_deref()))]
+    ApprovalRequired {
+        rule: String,
+        kind: &'static str,
+        /// The escalation that contains the call, when the request has a conversation.
+        escalation: Option<String>,
+    },
     #[error("{reason}")]
     StoreUnavailable { reason: String },
     #[error(
@@ -218,5 +223,18 @@ impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.classify();
         (status, axum::Json(self.to_openai_body())).into_response()
+    }
+}
+
+/// Builds the message of an escalated call: "approval pending" and the escalation id
+/// when there is one, so the agent can retry the identical call once approved.
+fn approval_message(rule: &str, kind: &str, escalation: Option<&str>) -> String {
+    match escalation {
+        Some(id) => format!(
+            "approval pending: escalation {id} holds this tool call under guardrail policy rule {rule:?} ({kind}); retry the identical call after it is approved"
+        ),
+        None => format!(
+            "request requires approval under guardrail policy: rule {rule:?} ({kind}); send the conversation id header so the call can be escalated"
+        ),
     }
 }

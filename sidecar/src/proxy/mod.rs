@@ -27,6 +27,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use crate::context::{ModelCatalog, SummaryScheduler};
 use crate::policy::reload::GuardHandle;
 use crate::state::ConversationStore;
+use crate::state::escalation::Escalations;
 use crate::state::vault::VaultKey;
 use crate::telemetry::metrics::Metrics;
 use error::ProxyError;
@@ -37,6 +38,8 @@ use upstream::Upstream;
 pub const CONVERSATION_ID_HEADER: &str = "x-agent-conversation-id";
 /// Response header carrying the overall verdict (`allow`, `transform`, `block`).
 pub const VERDICT_HEADER: &str = "x-agent-sidecar-verdict";
+/// Response header naming the escalation that holds a tool call for approval.
+pub const ESCALATION_HEADER: &str = "x-agent-sidecar-escalation-id";
 /// Response header naming the rule that blocked a request or response.
 pub const BLOCKED_RULE_HEADER: &str = "x-agent-sidecar-blocked-rule";
 
@@ -61,6 +64,8 @@ pub struct ProxyState {
     pub summaries: SummaryScheduler,
     pub max_request_body_bytes: usize,
     pub passthrough_unknown_paths: bool,
+    /// Escalations of tool calls that an `escalate` action rule holds.
+    pub escalations: Escalations,
 }
 
 /// Builds the proxy's routes.

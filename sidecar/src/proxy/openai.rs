@@ -91,7 +91,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         &input,
     );
     if let Some(block) = input.verdict.blocking_rule() {
-        return pipeline::blocked::<OpenAi>(&policy, &chat.model, chat.stream, block, None);
+        return pipeline::blocked::<OpenAi>(&policy, &chat.model, chat.stream, block, None, None);
     }
 
     // The whole guarded history is what the turn records; the window below may send less.

@@ -16,7 +16,7 @@ use super::reply::{
 };
 use super::stream::{self, StreamContext};
 use super::upstream::{Upstream, UpstreamResponse};
-use super::{BLOCKED_RULE_HEADER, ProxyState, VERDICT_HEADER};
+use super::{BLOCKED_RULE_HEADER, ESCALATION_HEADER, ProxyState, VERDICT_HEADER};
 use crate::dialect::Message;
 use crate::dialect::guarding::Evaluation;
 use crate::guard::{BlockingRule, Guard};
@@ -70,6 +70,19 @@ pub(super) fn record_evaluation(
     state
         .metrics
         .record_findings(&policy.identity, &evaluation.findings);
+    if let crate::guard::Verdict::Block { rule, kind } = &evaluation.verdict {
+        // NOTE: proxy rule blocks carry no conversation id, so a watcher that filters by
+        // conversation does not see them.
+        state.escalations.events.publish(
+            None,
+            crate::events::EventPayload::RuleBlocked {
+                rule: rule.to_string(),
+                kind: kind.as_str(),
+                source: "proxy",
+                tool: None,
+            },
+        );
+    }
     tracing::debug!(
         model,
         direction = direction.as_str(),
@@ -88,6 +101,7 @@ pub(super) fn blocked<D: ProviderDialect>(
     streamed: bool,
     block: BlockingRule,
     upstream_response: Option<Value>,
+    escalation: Option<&str>,
 ) -> Result<Response, ProxyError> {
     let BlockingRule {
         rule,
@@ -97,7 +111,11 @@ pub(super) fn blocked<D: ProviderDialect>(
     tracing::info!(rule.id = %rule, kind, model, "guardrail blocked traffic");
     if policy.on_block == BlockResponse::Error {
         return Err(if escalate {
-            ProxyError::ApprovalRequired { rule, kind }
+            ProxyError::ApprovalRequired {
+                rule,
+                kind,
+                escalation: escalation.map(str::to_owned),
+            }
         } else {
             ProxyError::Blocked { rule, kind }
         });
@@ -110,6 +128,9 @@ pub(super) fn blocked<D: ProviderDialect>(
     };
     set_header(response.headers_mut(), VERDICT_HEADER, "block");
     set_header(response.headers_mut(), BLOCKED_RULE_HEADER, &rule);
+    if let Some(escalation) = escalation {
+        set_header(response.headers_mut(), ESCALATION_HEADER, escalation);
+    }
     Ok(response)
 }
 
@@ -169,7 +190,18 @@ pub(super) async fn finish_whole<D: ProviderDialect>(
         &output,
     );
     if let Some(block) = output.verdict.blocking_rule() {
-        return blocked::<D>(&policy, &context.model, streamed, block, Some(message));
+        let escalation = match (block.escalate, guard.escalations()) {
+            (true, Some(escalations)) => state.escalations.store_raised(escalations).await,
+            _ => None,
+        };
+        return blocked::<D>(
+            &policy,
+            &context.model,
+            streamed,
+            block,
+            Some(message),
+            escalation.as_deref(),
+        );
     }
     let stored_response = D::response_message(&message);
     let reported = D::reported_usage(&message);

@@ -4,7 +4,7 @@
 //! A call is identified by its fingerprint, a keyed digest of its conversation, tool and
 //! arguments. While an escalation is pending, the identical call gets the same escalation
 //! back. Once it is approved or denied, the identical call is allowed or denied until the
-//! escalation expires; after that the next identical call creates a new escalation.
+//! escalation expires. After that, the next identical call creates a new escalation.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -168,7 +168,7 @@ fn redact_strings(guard: &Guard, value: &mut Value) {
     }
 }
 
-/// Why a resolution failed.
+/// Failure of a resolution.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("escalation {0} not found")]
@@ -311,7 +311,7 @@ pub fn apply_resolution(
     Ok(())
 }
 
-/// What an escalated call may do now.
+/// The decision for an escalated call.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EscalationOutcome {
     /// A human approved the identical call; it may run.
@@ -372,18 +372,7 @@ impl Escalations {
         let stored = self.store.create(candidate.clone()).await?;
         let created = stored.id == candidate.id;
         if created {
-            self.metrics.record_escalation("created", rule);
-            tracing::info!(
-                escalation.id = %stored.id,
-                conversation.id = %conversation_id,
-                rule.id = %rule,
-                tool,
-                "tool call escalated for approval"
-            );
-            self.events.publish(
-                Some(conversation_id),
-                crate::events::EventPayload::EscalationCreated(stored.clone()),
-            );
+            self.report_created(&stored);
         }
         Ok(EscalationOutcome::Pending {
             escalation: stored,
@@ -415,5 +404,131 @@ impl Escalations {
             crate::events::EventPayload::EscalationResolved(resolved.clone()),
         );
         Ok(resolved)
+    }
+}
+
+/// The escalations of one proxied request's conversation, loaded before its response is
+/// guarded so that the synchronous guard can decide escalated calls. An approved or
+/// denied identical call follows its resolution. Any other escalated call is raised here,
+/// and the proxy stores it once the response is guarded.
+#[derive(Debug)]
+pub struct RequestEscalations {
+    conversation_id: String,
+    ttl: Duration,
+    known: Vec<Escalation>,
+    raised: Mutex<Vec<Escalation>>,
+}
+
+impl RequestEscalations {
+    pub fn new(conversation_id: &str, known: Vec<Escalation>, ttl: Duration) -> RequestEscalations {
+        RequestEscalations {
+            conversation_id: conversation_id.to_owned(),
+            ttl,
+            known,
+            raised: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Returns the state of the escalation that applies to this call and its id: the
+    /// resolution of a known escalation, or a pending one, newly raised when none exists.
+    pub fn decide(
+        &self,
+        guard: &Guard,
+        tool: &str,
+        arguments: Option<&Value>,
+        rule: &str,
+    ) -> (EscalationState, String) {
+        let print = fingerprint(guard, &self.conversation_id, tool, arguments);
+        let now = now_ms();
+        let mut raised = self
+            .raised
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = raised.iter().find(|e| e.fingerprint == print) {
+            return (existing.state, existing.id.clone());
+        }
+        let known = self
+            .known
+            .iter()
+            .filter(|e| e.fingerprint == print && !e.is_expired(now))
+            .max_by_key(|e| e.created_at_ms);
+        let escalation = match known {
+            Some(existing) if existing.state != EscalationState::Pending => {
+                return (existing.state, existing.id.clone());
+            }
+            Some(existing) => existing.clone(),
+            None => Escalation::new(
+                guard,
+                &self.conversation_id,
+                tool,
+                arguments,
+                rule,
+                self.ttl,
+            ),
+        };
+        let id = escalation.id.clone();
+        raised.push(escalation);
+        (EscalationState::Pending, id)
+    }
+
+    /// Returns the pending escalations this request raised.
+    pub fn raised(&self) -> Vec<Escalation> {
+        self.raised
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Escalations {
+    /// Loads the escalations of a conversation for one proxied request. A store failure
+    /// leaves the list empty, so escalated calls stay pending.
+    pub async fn for_request(&self, conversation_id: &str) -> RequestEscalations {
+        let known = match self.store.list(Some(conversation_id)).await {
+            Ok(known) => known,
+            Err(error) => {
+                tracing::warn!(conversation.id = %conversation_id, error = %error, "escalations not loaded; escalated calls stay pending");
+                Vec::new()
+            }
+        };
+        RequestEscalations::new(conversation_id, known, self.ttl)
+    }
+
+    /// Stores the escalations a proxied request raised, reporting each new one. Returns
+    /// the id of the first, which the reply names.
+    pub async fn store_raised(&self, request: &RequestEscalations) -> Option<String> {
+        let raised = request.raised();
+        let mut first = None;
+        for escalation in raised {
+            let id = match self.store.create(escalation.clone()).await {
+                Ok(stored) => {
+                    if stored.id == escalation.id {
+                        self.report_created(&stored);
+                    }
+                    stored.id
+                }
+                Err(error) => {
+                    tracing::warn!(escalation.id = %escalation.id, error = %error, "failed to store an escalation");
+                    escalation.id.clone()
+                }
+            };
+            first.get_or_insert(id);
+        }
+        first
+    }
+
+    fn report_created(&self, escalation: &Escalation) {
+        self.metrics.record_escalation("created", &escalation.rule);
+        tracing::info!(
+            escalation.id = %escalation.id,
+            conversation.id = %escalation.conversation_id,
+            rule.id = %escalation.rule,
+            tool = %escalation.tool,
+            "tool call escalated for approval"
+        );
+        self.events.publish(
+            Some(&escalation.conversation_id),
+            crate::events::EventPayload::EscalationCreated(escalation.clone()),
+        );
     }
 }

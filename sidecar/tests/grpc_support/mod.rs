@@ -88,11 +88,16 @@ impl Sidecar {
         let child = Command::new(env!("CARGO_BIN_EXE_agent-sidecar"))
             .args(["serve", "--listen", &proxy, "--admin-listen", &admin])
             .args(["--grpc-listen", &grpc])
+            // Nothing listens on port 9 (discard) on loopback: most gRPC tests need no
+            // model, and a summarization that reaches the upstream fails fast.
+            .args(
+                (!extra.contains(&"--openai-upstream"))
+                    .then_some(["--openai-upstream", "http://127.0.0.1:9/v1"])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--policy")
             .arg(policy)
-            // Nothing listens on port 9 (discard) on loopback: the gRPC tests need no
-            // model, and a summarization that reaches the upstream fails fast.
-            .args(["--openai-upstream", "http://127.0.0.1:9/v1"])
             .args(extra)
             .env_remove("AGENT_SIDECAR_CONFIG")
             .env_remove("OPENAI_API_KEY")
