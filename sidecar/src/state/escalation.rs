@@ -532,3 +532,122 @@ impl Escalations {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::guard::pii::HashKey;
+    use crate::policy::Policy;
+
+    fn guard() -> Guard {
+        let policy = Policy::embedded_default().expect("embedded policy compiles");
+        Guard::new(Arc::new(policy), Arc::new(HashKey::new(b"test key")))
+    }
+
+    fn pending(guard: &Guard, conversation: &str) -> Escalation {
+        Escalation::new(
+            guard,
+            conversation,
+            "wire_transfer",
+            Some(&json!({"amount": 5})),
+            "wire-review",
+            DEFAULT_ESCALATION_TTL,
+        )
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order() {
+        let guard = guard();
+        let a = json!({"amount": 5, "to": {"iban": "x", "name": "y"}});
+        let b = json!({"to": {"name": "y", "iban": "x"}, "amount": 5});
+        assert_eq!(
+            fingerprint(&guard, "c", "t", Some(&a)),
+            fingerprint(&guard, "c", "t", Some(&b))
+        );
+    }
+
+    #[test]
+    fn fingerprint_separates_conversations_and_arguments() {
+        let guard = guard();
+        let arguments = json!({"amount": 5});
+        let base = fingerprint(&guard, "c1", "t", Some(&arguments));
+        assert_ne!(base, fingerprint(&guard, "c2", "t", Some(&arguments)));
+        assert_ne!(
+            base,
+            fingerprint(&guard, "c1", "t", Some(&json!({"amount": 6})))
+        );
+        assert_ne!(base, fingerprint(&guard, "c1", "u", Some(&arguments)));
+    }
+
+    #[test]
+    fn arguments_are_stored_redacted() {
+        let guard = guard();
+        let arguments = json!({"to": "write to jane.doe@example.com", "n": [1, "bob@example.org"]});
+        let redacted = redacted_arguments(&guard, Some(&arguments));
+        assert!(!redacted.contains("jane.doe"), "{redacted}");
+        assert!(!redacted.contains("bob@"), "{redacted}");
+        assert!(redacted.contains("[EMAIL]"), "{redacted}");
+    }
+
+    #[tokio::test]
+    async fn memory_store_resolves_once() {
+        let guard = guard();
+        let store = MemoryEscalations::new();
+        let created = store.create(pending(&guard, "c")).await.expect("create");
+        let again = store.create(pending(&guard, "c")).await.expect("create");
+        assert_eq!(
+            again.id, created.id,
+            "an identical pending call reuses the escalation"
+        );
+
+        let resolution = Resolution {
+            approve: true,
+            resolved_by: "oncall".to_owned(),
+            reason: None,
+        };
+        let resolved = store
+            .resolve(&created.id, resolution.clone())
+            .await
+            .expect("resolve");
+        assert_eq!(resolved.state, EscalationState::Approved);
+        assert!(matches!(
+            store.resolve(&created.id, resolution.clone()).await,
+            Err(ResolveError::AlreadyResolved { .. })
+        ));
+        assert!(matches!(
+            store.resolve("esc_missing", resolution).await,
+            Err(ResolveError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn request_escalations_follow_resolution() {
+        let guard = guard();
+        let mut approved = pending(&guard, "c");
+        approved.state = EscalationState::Approved;
+        let request = RequestEscalations::new("c", vec![approved.clone()], DEFAULT_ESCALATION_TTL);
+        let (state, id) = request.decide(
+            &guard,
+            "wire_transfer",
+            Some(&json!({"amount": 5})),
+            "wire-review",
+        );
+        assert_eq!(state, EscalationState::Approved);
+        assert_eq!(id, approved.id);
+        assert!(request.raised().is_empty());
+
+        let (state, id) = request.decide(
+            &guard,
+            "wire_transfer",
+            Some(&json!({"amount": 6})),
+            "wire-review",
+        );
+        assert_eq!(state, EscalationState::Pending);
+        assert_eq!(request.raised().len(), 1);
+        assert_eq!(request.raised()[0].id, id);
+    }
+}
