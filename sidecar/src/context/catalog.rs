@@ -59,6 +59,15 @@ const BUILT_IN: &[(&str, ModelLimits)] = &[
     ("o1-preview*", limits(128_000, 32_768)),
     ("o3*", limits(200_000, 100_000)),
     ("o4-mini*", limits(200_000, 100_000)),
+    // Claude 5 models and Claude Haiku 4.5, from Anthropic's models overview
+    // (platform.claude.com/docs/en/models/overview, 2026). NOTE: the ID prefixes other
+    // than `claude-haiku-5` are inferred from Anthropic's naming, so configure exact IDs
+    // if they differ.
+    ("claude-fable-5*", limits(1_000_000, 128_000)),
+    ("claude-opus-5*", limits(1_000_000, 128_000)),
+    ("claude-sonnet-5*", limits(1_000_000, 128_000)),
+    ("claude-haiku-5*", limits(1_000_000, 128_000)),
+    ("claude-haiku-4*", limits(200_000, 64_000)),
     ("claude-opus-4*", limits(200_000, 32_000)),
     ("claude-sonnet-4*", limits(200_000, 64_000)),
     ("claude-3-7-sonnet*", limits(200_000, 64_000)),

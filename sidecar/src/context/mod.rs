@@ -18,7 +18,9 @@ pub use summarize::{
     SummarySettings,
 };
 pub use tokens::{Encoding, TokenCounter};
-pub use window::{Budget, FitPlan, OverBudget, Strategy, budget_tokens, fit, reached_trigger};
+pub use window::{
+    Budget, FitPlan, OverBudget, Strategy, budget_tokens, fit, fit_starting_with, reached_trigger,
+};
 
 /// Summarization prompt used when the policy sets none.
 pub const DEFAULT_SUMMARY_PROMPT: &str = "Summarize the conversation so far for your own \

@@ -3,8 +3,10 @@
 //!
 //! A request is split into the leading system messages, which are always kept, and
 //! units: a single message, or an assistant message with tool calls together with the
-//! tool results for those calls. Units are kept or dropped whole, so a tool call is never
-//! separated from its result. The last unit (the newest input) is always kept.
+//! messages that directly follow it with results for those calls (`tool` messages in
+//! Chat Completions, a `user` message of `tool_result` blocks in the Messages API).
+//! Units are kept or dropped whole, so a tool call is never separated from its result.
+//! The last unit (the newest input) is always kept.
 //!
 //! Strategies when the request exceeds the budget:
 //! - `Truncate` keeps the most recent units that fit;
@@ -140,6 +142,30 @@ pub fn fit(
     strategy: Strategy,
     summary: Option<&Summary>,
 ) -> Result<FitPlan, OverBudget> {
+    fit_starting_with(
+        messages,
+        counter,
+        budget,
+        extra_tokens,
+        strategy,
+        summary,
+        None,
+    )
+}
+
+/// Plans the request as [`fit`] does, and when `first_role` is set, the first kept
+/// message after the system messages has that role: the Messages API requires the
+/// conversation to start with a `user` message. Units that would start the kept part
+/// with another role are dropped too, so the plan may use fewer tokens than `budget`.
+pub fn fit_starting_with(
+    messages: &[Message],
+    counter: &TokenCounter,
+    budget: u32,
+    extra_tokens: u32,
+    strategy: Strategy,
+    summary: Option<&Summary>,
+    first_role: Option<Role>,
+) -> Result<FitPlan, OverBudget> {
     let counts: Vec<u32> = messages.iter().map(|m| counter.message(m)).collect();
     let base = REPLY_PRIMING_TOKENS.saturating_add(extra_tokens);
     let total = counts.iter().fold(base, |sum, &c| sum.saturating_add(c));
@@ -190,7 +216,10 @@ pub fn fit(
     if used > budget {
         return Err(OverBudget::new(used, budget));
     }
-    let mut first_kept = last.start;
+    let starts_kept_part =
+        |index: usize| first_role.is_none_or(|role| messages[index].role == role);
+    // The newest start that fits with its role, and the tokens up to it.
+    let mut start = starts_kept_part(last.start).then_some((last.start, used));
     for unit in units.iter().rev().skip(1) {
         if unit.start < earliest {
             break;
@@ -200,8 +229,26 @@ pub fn fit(
             break;
         }
         used += cost;
-        first_kept = unit.start;
+        if starts_kept_part(unit.start) {
+            start = Some((unit.start, used));
+        }
     }
+    let Some((first_kept, used)) = start else {
+        // No unit starting with `first_role` fits, so report what the newest one needs.
+        let fixed = base
+            .saturating_add(sum(0..pinned))
+            .saturating_add(summary_tokens);
+        let needed = units.iter().rev().try_fold(fixed, |tokens, unit| {
+            let tokens = tokens.saturating_add(sum(unit.clone()));
+            if starts_kept_part(unit.start) {
+                Err(tokens)
+            } else {
+                Ok(tokens)
+            }
+        });
+        let (Ok(needed) | Err(needed)) = needed;
+        return Err(OverBudget::new(needed, budget));
+    };
 
     let kept: Vec<usize> = (0..pinned).chain(first_kept..messages.len()).collect();
     Ok(FitPlan {
@@ -238,13 +285,20 @@ fn units(messages: &[Message], start: usize) -> Vec<std::ops::Range<usize>> {
     units
 }
 
+/// Returns whether `message` carries a result for one of `call_ids`: a `tool` message,
+/// or a `user` message with `tool_result` blocks as the Messages API sends them.
 fn answers_call(message: &Message, call_ids: &[&str]) -> bool {
-    message.role == Role::Tool
-        && message.parts.iter().any(|part| {
+    match message.role {
+        Role::Tool => message.parts.iter().any(|part| {
             // An empty id comes from the legacy `function` role, which names no call.
             matches!(part, Part::ToolResult { call_id, .. }
                 if call_id.is_empty() || call_ids.contains(&call_id.as_str()))
-        })
+        }),
+        Role::User => message.parts.iter().any(|part| {
+            matches!(part, Part::ToolResult { call_id, .. } if call_ids.contains(&call_id.as_str()))
+        }),
+        Role::System | Role::Assistant => false,
+    }
 }
 
 /// Returns the index of the first message after `covered` non-system messages.

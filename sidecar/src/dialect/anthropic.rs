@@ -805,8 +805,14 @@ pub fn block_events(index: u64, block: &Value) -> Vec<(&'static str, Value)> {
 
 /// Converts the request's system prompt and messages to the common model.
 pub fn request_messages(request: &MessagesRequest) -> Vec<Message> {
+    body_messages(&request.body)
+}
+
+/// Converts a request body's system prompt and messages to the common model: the system
+/// prompt first as one `system` message when it has any blocks, then the messages.
+pub fn body_messages(body: &Map<String, Value>) -> Vec<Message> {
     let mut messages = Vec::new();
-    let system: Vec<Part> = match request.body.get("system") {
+    let system: Vec<Part> = match body.get("system") {
         Some(Value::String(text)) => vec![Part::Text { text: text.clone() }],
         Some(Value::Array(blocks)) => blocks.iter().map(to_part).collect(),
         _ => Vec::new(),
@@ -817,7 +823,7 @@ pub fn request_messages(request: &MessagesRequest) -> Vec<Message> {
             parts: system,
         });
     }
-    if let Some(Value::Array(items)) = request.body.get("messages") {
+    if let Some(Value::Array(items)) = body.get("messages") {
         messages.extend(items.iter().map(to_common));
     }
     messages

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{Method, Request, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
@@ -20,12 +20,14 @@ use super::stream::{self, StreamContext};
 use super::upstream::Upstream;
 use super::{ProxyState, VERDICT_HEADER, read_body};
 use crate::config::routing::Dialect;
-use crate::context::TokenCounter;
-use crate::dialect::Message;
+use crate::context::window::SUMMARY_INTRO;
+use crate::context::{FitPlan, TokenCounter};
 use crate::dialect::anthropic::{self as dialect, Endpoint, MessagesRequest, ParseError};
 use crate::dialect::guarding::Evaluation;
+use crate::dialect::{Message, Role};
 use crate::guard::Guard;
 use crate::policy::spec::Direction;
+use crate::state::Summary;
 use crate::stream::anthropic::AnthropicStream;
 use crate::telemetry::metrics::GenAiCall;
 use crate::telemetry::traces;
@@ -113,13 +115,19 @@ async fn handle_messages(
         );
     }
 
-    // TODO: spec.context is not applied to Anthropic requests yet: fitting must keep
-    // tool_use and tool_result pairs together and put a summary into `system`.
+    // The turn records the whole guarded history. The window below may send less.
     let request_messages = dialect::request_messages(&messages);
+    let summary = conversation
+        .stored
+        .as_ref()
+        .and_then(|c| c.summary.as_ref());
+    let budget =
+        conversation::fit_request::<Anthropic>(state, &policy, &mut messages.body, summary)?;
+    let compaction = conversation::Compaction::for_policy(&policy, summary);
     let turn = conversation.id.clone().map(|id| TurnContext {
         id,
         stored: conversation.stored,
-        budget: None,
+        budget,
     });
     let call = GenAiCall {
         operation: GEN_AI_OPERATION_CHAT,
@@ -144,41 +152,66 @@ async fn handle_messages(
         })
     })?);
     let call_started = Instant::now();
-    let call = Call {
-        method: &Method::POST,
-        path: MESSAGES_PATH,
-        query: query.as_deref(),
-        headers: &headers,
-        body: &forwarded,
-        stream: messages.stream,
+    let open = |body: Bytes| {
+        let model = context.model.clone();
+        let span = context.span.clone();
+        let (query, headers) = (query.as_deref(), &headers);
+        async move {
+            let call = Call {
+                method: &Method::POST,
+                path: MESSAGES_PATH,
+                query,
+                headers,
+                body: &body,
+                stream: messages.stream,
+            };
+            state
+                .routes
+                .dispatch(&state.metrics, Dialect::Anthropic, &model, call)
+                .instrument(span)
+                .await
+        }
     };
-    let routed = match state
-        .routes
-        .dispatch(&state.metrics, Dialect::Anthropic, &context.model, call)
-        .instrument(context.span.clone())
-        .await
-    {
+    let mut routed = match open(forwarded.clone()).await {
         Ok(routed) => routed,
         Err(error) => {
             record_call(state, &context, call_started, Err(&error));
             return Err(error);
         }
     };
-    let target = routed.target;
-    traces::record_server(&context.span, target.upstream.base_url());
-    let response = match routed.response {
-        Opened::Headers(response) if messages.stream && stream::is_event_stream(&response) => {
-            response
-        }
-        Opened::Headers(response) => {
-            let whole = target.upstream.read_whole(response).await;
+    // A response read whole may be a context overflow error, which is retried once with
+    // a compacted request.
+    let mut retried = false;
+    let (target, response) = loop {
+        traces::record_server(&context.span, routed.target.upstream.base_url());
+        let whole = match routed.response {
+            Opened::Headers(response) if messages.stream && stream::is_event_stream(&response) => {
+                break (routed.target, response);
+            }
+            Opened::Headers(response) => routed.target.upstream.read_whole(response).await,
+            Opened::Whole(whole) => Ok(whole),
+        };
+        let retry = match (&whole, retried) {
+            (Ok(whole), false) => conversation::overflow_retry::<Anthropic>(
+                state,
+                whole,
+                compaction.as_ref(),
+                &forwarded,
+            ),
+            _ => None,
+        };
+        let Some(retry) = retry else {
             record_call(state, &context, call_started, whole.as_ref());
             return pipeline::finish_whole::<Anthropic>(state, whole?, &context).await;
-        }
-        Opened::Whole(whole) => {
-            record_call(state, &context, call_started, Ok(&whole));
-            return pipeline::finish_whole::<Anthropic>(state, whole, &context).await;
-        }
+        };
+        retried = true;
+        routed = match open(retry).await {
+            Ok(routed) => routed,
+            Err(error) => {
+                record_call(state, &context, call_started, Err(&error));
+                return Err(error);
+            }
+        };
     };
     {
         let guarded = AnthropicStream::new(
@@ -261,16 +294,65 @@ impl ProviderDialect for Anthropic {
         }
         body
     }
+
+    const FIRST_KEPT_ROLE: Option<Role> = Some(Role::User);
+
+    fn context_messages(body: &Map<String, Value>) -> Vec<Message> {
+        dialect::body_messages(body)
+    }
+
+    fn extra_tokens(counter: &TokenCounter, body: &Map<String, Value>) -> u32 {
+        tool_tokens(counter, body)
+    }
+
+    /// Keeps the planned entries of `messages` as sent and appends the summary to the
+    /// top-level `system`, because the Messages API takes no `system` role in `messages`.
+    fn apply_fit(body: &mut Map<String, Value>, plan: &FitPlan, summary: Option<&Summary>) {
+        // `context_messages` puts the system prompt first, as one message when present.
+        let system_messages = usize::from(has_system_prompt(body));
+        if let Some(Value::Array(messages)) = body.get("messages") {
+            let kept: Vec<Value> = plan
+                .kept
+                .iter()
+                .filter_map(|&index| index.checked_sub(system_messages))
+                .filter_map(|index| messages.get(index).cloned())
+                .collect();
+            body.insert("messages".to_owned(), Value::Array(kept));
+        }
+        if let (Some(_), Some(summary)) = (plan.summary_at, summary) {
+            append_to_system(body, &format!("{SUMMARY_INTRO}{}", summary.text));
+        }
+    }
 }
 
-/// Estimates a request's input tokens: its system prompt and messages in the common
-/// model, plus its tool definitions counted as Chat Completions functions. Anthropic's
-/// tokenizer is not public, so this is an estimate with cl100k_base.
-pub(super) fn estimate_input_tokens(request: &MessagesRequest) -> u32 {
-    let counter = TokenCounter::for_model(&request.model);
-    let messages = counter.messages(&dialect::request_messages(request));
-    let tools: Vec<Value> = request
-        .body
+/// Returns whether [`dialect::body_messages`] starts with a `system` message.
+fn has_system_prompt(body: &Map<String, Value>) -> bool {
+    match body.get("system") {
+        Some(Value::String(_)) => true,
+        Some(Value::Array(blocks)) => !blocks.is_empty(),
+        _ => false,
+    }
+}
+
+/// Appends `text` to the top-level `system`: as a text block when it is a list of
+/// blocks, after a blank line when it is a string, or as the whole prompt when absent.
+fn append_to_system(body: &mut Map<String, Value>, text: &str) {
+    match body.get_mut("system") {
+        Some(Value::Array(blocks)) => blocks.push(json!({"type": "text", "text": text})),
+        Some(Value::String(system)) if !system.is_empty() => {
+            system.push_str("\n\n");
+            system.push_str(text);
+        }
+        _ => {
+            body.insert("system".to_owned(), Value::String(text.to_owned()));
+        }
+    }
+}
+
+/// Estimates the tokens of a request's tool definitions, counted as Chat Completions
+/// functions.
+fn tool_tokens(counter: &TokenCounter, body: &Map<String, Value>) -> u32 {
+    let tools: Vec<Value> = body
         .get("tools")
         .and_then(Value::as_array)
         .map(|tools| {
@@ -286,7 +368,16 @@ pub(super) fn estimate_input_tokens(request: &MessagesRequest) -> u32 {
                 .collect()
         })
         .unwrap_or_default();
-    messages.saturating_add(counter.openai_tools(&tools))
+    counter.openai_tools(&tools)
+}
+
+/// Estimates a request's input tokens: its system prompt and messages in the common
+/// model, plus its tool definitions counted as Chat Completions functions. Anthropic's
+/// tokenizer is not public, so this is an estimate with cl100k_base.
+pub(super) fn estimate_input_tokens(request: &MessagesRequest) -> u32 {
+    let counter = TokenCounter::for_model(&request.model);
+    let messages = counter.messages(&dialect::request_messages(request));
+    messages.saturating_add(tool_tokens(&counter, &request.body))
 }
 
 /// `POST /v1/messages/count_tokens`, counted by the sidecar itself without calling the
@@ -334,4 +425,232 @@ pub async fn method_not_allowed(
         std::time::Duration::ZERO,
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Strategy;
+    use crate::proxy::conversation::fit_body;
+
+    const MODEL: &str = "claude-sonnet-4-5";
+    const LAST: &str = "And the last one?";
+
+    fn request(system: Value, messages: Vec<Value>) -> Map<String, Value> {
+        let mut body = Map::new();
+        body.insert("model".to_owned(), json!(MODEL));
+        body.insert("max_tokens".to_owned(), json!(256));
+        if !system.is_null() {
+            body.insert("system".to_owned(), system);
+        }
+        body.insert("messages".to_owned(), Value::Array(messages));
+        body
+    }
+
+    fn user(text: &str) -> Value {
+        json!({"role": "user", "content": text})
+    }
+
+    fn assistant(text: &str) -> Value {
+        json!({"role": "assistant", "content": text})
+    }
+
+    fn tool_use(id: &str) -> Value {
+        json!({"role": "assistant", "content": [
+            {"type": "text", "text": "Looking it up."},
+            {"type": "tool_use", "id": id, "name": "track_parcel", "input": {"parcel": 7}},
+        ]})
+    }
+
+    fn tool_result(id: &str, text: &str) -> Value {
+        json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id, "content": text},
+        ]})
+    }
+
+    /// Builds a history whose oldest message alone is over any budget the tests use, with a
+    /// tool round trip in the middle.
+    fn history(result_text: &str) -> Vec<Value> {
+        vec![
+            user(&"Where is parcel 1? ".repeat(300)),
+            assistant("Parcel 1 left."),
+            user("Look up parcel 7."),
+            tool_use("toolu_7"),
+            tool_result("toolu_7", result_text),
+            assistant("Parcel 7 is in Lyon."),
+            user(LAST),
+        ]
+    }
+
+    fn messages(body: &Map<String, Value>) -> &Vec<Value> {
+        body["messages"].as_array().expect("messages array")
+    }
+
+    /// Returns the ids of `tool_use` or `tool_result` blocks (by `field`) in a message.
+    fn block_ids<'a>(message: &'a Value, kind: &str, field: &str) -> Vec<&'a str> {
+        message["content"]
+            .as_array()
+            .map(|blocks| {
+                blocks
+                    .iter()
+                    .filter(|block| block["type"] == kind)
+                    .filter_map(|block| block[field].as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            text: "Parcel 1 left.".to_owned(),
+            first_turn: 0,
+            end_turn: 1,
+            covered_messages: 2,
+            tokens: 8,
+            model: MODEL.to_owned(),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn fit_keeps_tool_use_with_result() {
+        let mut body = request(json!("You track parcels."), history("In Lyon."));
+        let fitted = fit_body::<Anthropic>(&mut body, 400, Strategy::Truncate, None).expect("fits");
+
+        assert_eq!(fitted.action, Some("truncated"));
+        assert!(fitted.tokens <= 400, "{fitted:?}");
+        let kept = messages(&body);
+        assert_eq!(kept.len(), 5, "{kept:?}");
+        assert_eq!(kept[0], user("Look up parcel 7."));
+        assert_eq!(block_ids(&kept[1], "tool_use", "id"), ["toolu_7"]);
+        assert_eq!(
+            block_ids(&kept[2], "tool_result", "tool_use_id"),
+            ["toolu_7"]
+        );
+        assert_eq!(kept[4], user(LAST));
+        assert_eq!(
+            body["system"], "You track parcels.",
+            "system is kept unchanged"
+        );
+    }
+
+    #[test]
+    fn fit_drops_tool_pair_together() {
+        // The tool result alone is over the budget, so its tool_use goes with it.
+        let result = "Scan event at the Lyon depot. ".repeat(100);
+        let mut body = request(json!("You track parcels."), history(&result));
+        fit_body::<Anthropic>(&mut body, 300, Strategy::Truncate, None).expect("fits");
+
+        let kept = messages(&body);
+        for message in kept {
+            assert!(block_ids(message, "tool_use", "id").is_empty(), "{kept:?}");
+            assert!(
+                block_ids(message, "tool_result", "tool_use_id").is_empty(),
+                "{kept:?}"
+            );
+        }
+        assert_eq!(kept.last(), Some(&user(LAST)));
+    }
+
+    #[test]
+    fn fit_starts_kept_messages_with_user() {
+        // The assistant reply before the newest input fits, but the user message before
+        // it does not, so the reply is dropped as well.
+        let mut body = request(
+            json!("You track parcels."),
+            vec![
+                user(&"Where is parcel 1? ".repeat(300)),
+                assistant("Parcel 1 left."),
+                user(LAST),
+            ],
+        );
+        fit_body::<Anthropic>(&mut body, 200, Strategy::Truncate, None).expect("fits");
+
+        assert_eq!(messages(&body), &vec![user(LAST)]);
+    }
+
+    #[test]
+    fn fit_without_user_start_is_over_budget() {
+        // An assistant prefill is the newest message, and its user message is too long.
+        let mut body = request(
+            Value::Null,
+            vec![
+                user(&"Where is parcel 1? ".repeat(300)),
+                assistant("Parcel 1"),
+            ],
+        );
+        let error = fit_body::<Anthropic>(&mut body, 200, Strategy::Truncate, None)
+            .expect_err("no user message fits");
+
+        let ProxyError::ContextOverBudget { tokens, budget, .. } = error else {
+            panic!("unexpected error {error:?}");
+        };
+        assert_eq!(budget, 200);
+        assert!(tokens > 200, "{tokens}");
+    }
+
+    #[test]
+    fn summary_joins_system_string() {
+        let mut body = request(json!("You track parcels."), history("In Lyon."));
+        let fitted = fit_body::<Anthropic>(&mut body, 400, Strategy::Summarize, Some(&summary()))
+            .expect("fits");
+
+        assert_eq!(fitted.action, Some("summarized"));
+        assert_eq!(
+            body["system"],
+            format!("You track parcels.\n\n{SUMMARY_INTRO}Parcel 1 left.")
+        );
+        let kept = messages(&body);
+        assert_eq!(kept[0], user("Look up parcel 7."));
+        assert!(
+            kept.iter().all(|message| message["role"] != "system"),
+            "{kept:?}"
+        );
+    }
+
+    #[test]
+    fn summary_appended_as_system_block() {
+        let blocks = json!([{"type": "text", "text": "You track parcels.", "cache_control": {"type": "ephemeral"}}]);
+        let mut body = request(blocks, history("In Lyon."));
+        fit_body::<Anthropic>(&mut body, 400, Strategy::Summarize, Some(&summary())).expect("fits");
+
+        let system = body["system"].as_array().expect("system blocks");
+        assert_eq!(system.len(), 2);
+        assert_eq!(system[0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(
+            system[1],
+            json!({"type": "text", "text": format!("{SUMMARY_INTRO}Parcel 1 left.")})
+        );
+    }
+
+    #[test]
+    fn summary_becomes_missing_system() {
+        let mut body = request(Value::Null, history("In Lyon."));
+        fit_body::<Anthropic>(&mut body, 400, Strategy::Summarize, Some(&summary())).expect("fits");
+
+        assert_eq!(body["system"], format!("{SUMMARY_INTRO}Parcel 1 left."));
+        assert_eq!(messages(&body)[0], user("Look up parcel 7."));
+    }
+
+    #[test]
+    fn compaction_keeps_newest_user_input() {
+        let compaction = conversation::Compaction {
+            strategy: Strategy::Truncate,
+            summary: None,
+        };
+        let sent = request(json!("You track parcels."), history("In Lyon."));
+        let sent = Bytes::from(serde_json::to_vec(&sent).expect("encode"));
+        let retry = compaction
+            .compact::<Anthropic>(&sent)
+            .expect("a smaller request");
+
+        let Ok(Value::Object(retry)) = serde_json::from_slice::<Value>(&retry) else {
+            panic!("retry body is not a JSON object");
+        };
+        let kept = messages(&retry);
+        assert!(kept.len() < 7, "{kept:?}");
+        assert_eq!(kept[0]["role"], "user");
+        assert_eq!(kept.last(), Some(&user(LAST)));
+        assert_eq!(retry["system"], "You track parcels.");
+    }
 }

@@ -10,15 +10,15 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::error::ProxyError;
+use super::pipeline::ProviderDialect;
 use super::routing::{Call, Opened, RouteTable};
+use super::upstream::UpstreamResponse;
 use super::{CONVERSATION_ID_HEADER, ProxyState};
 use crate::config::routing::Dialect;
-use crate::context::window::{SUMMARY_INTRO, fit};
 use crate::context::{
     ContextPolicy, Strategy, SummarizeError, Summarizer, SummaryRequest, TokenCounter,
-    reached_trigger,
+    context_overflow, fit_starting_with, reached_trigger,
 };
-use crate::dialect::openai as dialect;
 use crate::dialect::{Message, Part, Role};
 use crate::guard::Guard;
 use crate::policy::Policy;
@@ -149,9 +149,9 @@ pub(super) struct Fitted {
     pub action: Option<&'static str>,
 }
 
-/// Fits the request's messages into `budget` with `strategy`, rewriting `body.messages`
-/// when messages are dropped or the summary is inserted.
-pub(super) fn fit_body(
+/// Fits the request's messages into `budget` with `strategy`, rewriting the body through
+/// the dialect when messages are dropped or the summary is inserted.
+pub(super) fn fit_body<D: ProviderDialect>(
     body: &mut Map<String, Value>,
     budget: u32,
     strategy: Strategy,
@@ -163,23 +163,27 @@ pub(super) fn fit_body(
         .unwrap_or_default()
         .to_owned();
     let counter = TokenCounter::for_model(&model);
-    let extra = match body.get("tools") {
-        Some(Value::Array(tools)) => counter.openai_tools(tools),
-        _ => 0,
-    };
-    let Some(Value::Array(messages)) = body.get("messages") else {
+    let extra = D::extra_tokens(&counter, body);
+    let common = D::context_messages(body);
+    if common.is_empty() {
         return Ok(Fitted {
             tokens: extra,
             action: None,
         });
-    };
-    let common: Vec<Message> = messages.iter().map(dialect::to_common).collect();
-    let plan = fit(&common, &counter, budget, extra, strategy, summary).map_err(|over| {
-        ProxyError::ContextOverBudget {
-            tokens: over.tokens,
-            budget: over.budget,
-            over: over.over,
-        }
+    }
+    let plan = fit_starting_with(
+        &common,
+        &counter,
+        budget,
+        extra,
+        strategy,
+        summary,
+        D::FIRST_KEPT_ROLE,
+    )
+    .map_err(|over| ProxyError::ContextOverBudget {
+        tokens: over.tokens,
+        budget: over.budget,
+        over: over.over,
     })?;
     if plan.is_unchanged() {
         return Ok(Fitted {
@@ -187,10 +191,7 @@ pub(super) fn fit_body(
             action: None,
         });
     }
-    let fitted = plan.apply(messages, || {
-        let text = summary.map_or_else(String::new, |s| format!("{SUMMARY_INTRO}{}", s.text));
-        json!({"role": "system", "content": text})
-    });
+    D::apply_fit(body, &plan, summary);
     tracing::debug!(
         model = %model,
         dropped = plan.dropped,
@@ -199,7 +200,6 @@ pub(super) fn fit_body(
         budget,
         "request fitted into its context budget"
     );
-    body.insert("messages".to_owned(), Value::Array(fitted));
     let action = match plan.summary_at {
         Some(_) => "summarized",
         None => "truncated",
@@ -208,6 +208,34 @@ pub(super) fn fit_body(
         tokens: plan.tokens,
         action: Some(action),
     })
+}
+
+/// Applies the policy's `spec.context` to a guarded request body: fits it into the
+/// model's budget and records the context metrics. Returns the budget, or `None` when
+/// the policy has no context section.
+pub(super) fn fit_request<D: ProviderDialect>(
+    state: &ProxyState,
+    policy: &Policy,
+    body: &mut Map<String, Value>,
+    summary: Option<&Summary>,
+) -> Result<Option<u32>, ProxyError> {
+    let Some(context) = &policy.context else {
+        return Ok(None);
+    };
+    let budget = budget(state, context, body);
+    match fit_body::<D>(body, budget, context.strategy, summary) {
+        Ok(fitted) => {
+            state.metrics.record_context_tokens(fitted.tokens);
+            if let Some(action) = fitted.action {
+                state.metrics.record_context_action(action);
+            }
+            Ok(Some(budget))
+        }
+        Err(error) => {
+            state.metrics.record_context_action("rejected");
+            Err(error)
+        }
+    }
 }
 
 /// Settings for compacting a request once after the upstream reported a context
@@ -237,7 +265,7 @@ impl Compaction {
     }
 
     /// Returns the compacted body to retry with, or `None` when it cannot get smaller.
-    pub fn compact(&self, sent: &Bytes) -> Option<Bytes> {
+    pub fn compact<D: ProviderDialect>(&self, sent: &Bytes) -> Option<Bytes> {
         let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(sent) else {
             return None;
         };
@@ -247,16 +275,37 @@ impl Compaction {
             .unwrap_or_default()
             .to_owned();
         let counter = TokenCounter::for_model(&model);
-        let tokens = counter.openai_request(&body);
+        let tokens = D::request_tokens(&counter, &body);
         let target = (f64::from(tokens) * OVERFLOW_RETRY_SHARE) as u32;
         let before = body.get("messages").and_then(Value::as_array).map(Vec::len);
-        fit_body(&mut body, target, self.strategy, self.summary.as_ref()).ok()?;
+        fit_body::<D>(&mut body, target, self.strategy, self.summary.as_ref()).ok()?;
         let after = body.get("messages").and_then(Value::as_array).map(Vec::len);
         if before == after {
             return None;
         }
         serde_json::to_vec(&body).ok().map(Bytes::from)
     }
+}
+
+/// Returns the compacted body to send once more when the upstream rejected `sent` as
+/// too long for the model's context window. The caller retries at most once.
+pub(super) fn overflow_retry<D: ProviderDialect>(
+    state: &ProxyState,
+    upstream: &UpstreamResponse,
+    compaction: Option<&Compaction>,
+    sent: &Bytes,
+) -> Option<Bytes> {
+    let overflow = context_overflow(upstream.status.as_u16(), &upstream.body)?;
+    let retry = compaction?.compact::<D>(sent);
+    if retry.is_some() {
+        state.metrics.record_context_action("overflow_retried");
+    }
+    tracing::info!(
+        overflow = ?overflow,
+        retried = retry.is_some(),
+        "upstream reported a context overflow"
+    );
+    retry
 }
 
 /// Request state needed to record the turn once the response is complete.
@@ -469,7 +518,7 @@ impl Summarizer for UpstreamSummarizer {
 }
 
 /// Returns the summary text of a Chat Completions response.
-fn summary_text(response: &super::upstream::UpstreamResponse) -> Result<String, SummarizeError> {
+fn summary_text(response: &UpstreamResponse) -> Result<String, SummarizeError> {
     if !response.status.is_success() {
         return Err(SummarizeError(format!(
             "upstream returned status {}",
@@ -511,7 +560,9 @@ fn message_text(message: &Message) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::openai::OpenAi;
     use super::*;
+    use crate::context::window::SUMMARY_INTRO;
 
     fn body(turns: usize) -> Map<String, Value> {
         let mut messages = vec![json!({"role": "system", "content": "You track parcels."})];
@@ -554,12 +605,14 @@ mod tests {
     fn fit_body_keeps_request_within_budget() {
         let mut unchanged = body(1);
         let original = unchanged.clone();
-        let fitted = fit_body(&mut unchanged, 10_000, Strategy::Truncate, None).expect("fits");
+        let fitted =
+            fit_body::<OpenAi>(&mut unchanged, 10_000, Strategy::Truncate, None).expect("fits");
         assert_eq!(fitted.action, None);
         assert_eq!(unchanged, original);
 
         let mut truncated = body(4);
-        let fitted = fit_body(&mut truncated, 200, Strategy::Truncate, None).expect("fits");
+        let fitted =
+            fit_body::<OpenAi>(&mut truncated, 200, Strategy::Truncate, None).expect("fits");
         assert!(fitted.tokens <= 200, "{fitted:?}");
         assert_eq!(fitted.action, Some("truncated"));
         let kept = contents(&truncated);
@@ -580,8 +633,8 @@ mod tests {
     #[test]
     fn fit_body_inserts_summary() {
         let mut fitted = body(4);
-        let outcome =
-            fit_body(&mut fitted, 200, Strategy::Summarize, Some(&summary(4))).expect("fits");
+        let outcome = fit_body::<OpenAi>(&mut fitted, 200, Strategy::Summarize, Some(&summary(4)))
+            .expect("fits");
         assert_eq!(outcome.action, Some("summarized"));
         let kept = contents(&fitted);
         assert_eq!(kept[1], format!("{SUMMARY_INTRO}Parcels 0 and 1 left."));
@@ -600,7 +653,8 @@ mod tests {
     #[test]
     fn fit_body_reject_reports_overage() {
         let mut request = body(4);
-        let error = fit_body(&mut request, 50, Strategy::Reject, None).expect_err("over budget");
+        let error =
+            fit_body::<OpenAi>(&mut request, 50, Strategy::Reject, None).expect_err("over budget");
         let ProxyError::ContextOverBudget {
             tokens,
             budget,
@@ -620,7 +674,9 @@ mod tests {
             summary: None,
         };
         let sent = Bytes::from(serde_json::to_vec(&Value::Object(body(4))).expect("encode"));
-        let retry = compaction.compact(&sent).expect("a smaller request");
+        let retry = compaction
+            .compact::<OpenAi>(&sent)
+            .expect("a smaller request");
         let Ok(Value::Object(retry)) = serde_json::from_slice::<Value>(&retry) else {
             panic!("retry body is not a JSON object");
         };
@@ -634,7 +690,11 @@ mod tests {
         );
 
         let short = Bytes::from(serde_json::to_vec(&Value::Object(body(0))).expect("encode"));
-        assert_eq!(compaction.compact(&short), None, "nothing left to drop");
+        assert_eq!(
+            compaction.compact::<OpenAi>(&short),
+            None,
+            "nothing left to drop"
+        );
     }
 
     fn guard() -> Guard {

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use super::conversation::{self, TurnContext};
 use super::error::ProxyError;
@@ -20,12 +20,14 @@ use super::stream::StreamContext;
 use super::upstream::{Upstream, UpstreamResponse};
 use super::{ProxyState, read_body};
 use crate::config::routing::Dialect;
-use crate::context::context_overflow;
+use crate::context::window::SUMMARY_INTRO;
+use crate::context::{FitPlan, TokenCounter};
 use crate::dialect::Message;
 use crate::dialect::guarding::Evaluation;
 use crate::dialect::openai::{self as dialect, ParseError};
 use crate::guard::Guard;
 use crate::policy::spec::Direction;
+use crate::state::Summary;
 use crate::telemetry::metrics::GenAiCall;
 use crate::telemetry::traces;
 use tracing::{Instrument, Span};
@@ -100,25 +102,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         .stored
         .as_ref()
         .and_then(|c| c.summary.as_ref());
-    let budget = match &policy.context {
-        Some(context) => {
-            let budget = conversation::budget(state, context, &chat.body);
-            match conversation::fit_body(&mut chat.body, budget, context.strategy, summary) {
-                Ok(fitted) => {
-                    state.metrics.record_context_tokens(fitted.tokens);
-                    if let Some(action) = fitted.action {
-                        state.metrics.record_context_action(action);
-                    }
-                }
-                Err(error) => {
-                    state.metrics.record_context_action("rejected");
-                    return Err(error);
-                }
-            }
-            Some(budget)
-        }
-        None => None,
-    };
+    let budget = conversation::fit_request::<OpenAi>(state, &policy, &mut chat.body, summary)?;
     let compaction = conversation::Compaction::for_policy(&policy, summary);
     let turn = conversation.id.clone().map(|id| TurnContext {
         id,
@@ -166,7 +150,8 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         .instrument(context.span.clone())
         .await;
     if let Ok(upstream) = &sent
-        && let Some(retry) = overflow_retry(state, upstream, compaction.as_ref(), &forwarded)
+        && let Some(retry) =
+            conversation::overflow_retry::<OpenAi>(state, upstream, compaction.as_ref(), &forwarded)
     {
         sent = send_chat(state, model, &retry, query.as_deref(), &headers)
             .instrument(context.span.clone())
@@ -232,27 +217,6 @@ async fn send_chat(
     }
 }
 
-/// Returns the compacted body to send once more when the upstream rejected `sent` as
-/// too long for the model's context window. The caller retries at most once.
-pub(super) fn overflow_retry(
-    state: &ProxyState,
-    upstream: &UpstreamResponse,
-    compaction: Option<&conversation::Compaction>,
-    sent: &Bytes,
-) -> Option<Bytes> {
-    let overflow = context_overflow(upstream.status.as_u16(), &upstream.body)?;
-    let retry = compaction?.compact(sent);
-    if retry.is_some() {
-        state.metrics.record_context_action("overflow_retried");
-    }
-    tracing::info!(
-        overflow = ?overflow,
-        retried = retry.is_some(),
-        "upstream reported a context overflow"
-    );
-    retry
-}
-
 /// The OpenAI Chat Completions dialect of the shared request steps.
 pub(super) struct OpenAi;
 
@@ -315,6 +279,37 @@ impl ProviderDialect for OpenAi {
             None => crate::sse::encode_data("[DONE]", &mut body),
         }
         body
+    }
+
+    fn context_messages(body: &Map<String, Value>) -> Vec<Message> {
+        match body.get("messages") {
+            Some(Value::Array(messages)) => messages.iter().map(dialect::to_common).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn extra_tokens(counter: &TokenCounter, body: &Map<String, Value>) -> u32 {
+        match body.get("tools") {
+            Some(Value::Array(tools)) => counter.openai_tools(tools),
+            _ => 0,
+        }
+    }
+
+    fn request_tokens(counter: &TokenCounter, body: &Map<String, Value>) -> u32 {
+        counter.openai_request(body)
+    }
+
+    /// Keeps the planned entries of `messages` as sent, so fields outside the common
+    /// model survive, and inserts the summary as a `system` message.
+    fn apply_fit(body: &mut Map<String, Value>, plan: &FitPlan, summary: Option<&Summary>) {
+        let Some(Value::Array(messages)) = body.get("messages") else {
+            return;
+        };
+        let fitted = plan.apply(messages, || {
+            let text = summary.map_or_else(String::new, |s| format!("{SUMMARY_INTRO}{}", s.text));
+            json!({"role": "system", "content": text})
+        });
+        body.insert("messages".to_owned(), Value::Array(fitted));
     }
 }
 

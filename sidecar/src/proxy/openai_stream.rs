@@ -94,9 +94,12 @@ pub(super) async fn stream_chat(
             Opened::Whole(whole) => Ok(whole),
         };
         let retry = match (&whole, retried) {
-            (Ok(whole), false) => {
-                super::openai::overflow_retry(state, whole, compaction.as_ref(), &body)
-            }
+            (Ok(whole), false) => super::conversation::overflow_retry::<OpenAi>(
+                state,
+                whole,
+                compaction.as_ref(),
+                &body,
+            ),
             _ => None,
         };
         let Some(retry) = retry else {

@@ -1,13 +1,14 @@
 //! The steps of a guarded request that both dialects share: recording a guardrail pass,
 //! replying to a block, and guarding a response read whole. A [`ProviderDialect`] supplies the
-//! provider-specific pieces (wire format, refusal shape, stream encoding).
+//! provider-specific pieces (wire format, refusal shape, stream encoding, and where a
+//! request's messages and summary go when it is fitted into its context budget).
 
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::conversation;
 use super::error::ProxyError;
@@ -17,11 +18,13 @@ use super::reply::{
 use super::stream::{self, StreamContext};
 use super::upstream::{Upstream, UpstreamResponse};
 use super::{BLOCKED_RULE_HEADER, ESCALATION_HEADER, ProxyState, VERDICT_HEADER};
-use crate::dialect::Message;
+use crate::context::{FitPlan, TokenCounter};
 use crate::dialect::guarding::Evaluation;
+use crate::dialect::{Message, Role};
 use crate::guard::{BlockingRule, Guard};
 use crate::policy::Policy;
 use crate::policy::spec::{BlockResponse, Direction};
+use crate::state::Summary;
 use crate::telemetry::traces;
 
 /// The provider-specific pieces of the shared request steps.
@@ -52,6 +55,29 @@ pub(super) trait ProviderDialect {
     /// Encodes a whole response as an event stream, ending with the upstream's error
     /// event when there is one.
     fn encode_stream(response: &Value, error: Option<Value>) -> String;
+
+    /// Role of the first message kept after the system messages when a request is
+    /// fitted into its context budget, when the API requires one.
+    const FIRST_KEPT_ROLE: Option<Role> = None;
+
+    /// Converts a request body's system prompt and messages to the common model, with
+    /// the system prompt first as `system` messages, in the order a [`FitPlan`] indexes.
+    fn context_messages(body: &Map<String, Value>) -> Vec<Message>;
+
+    /// Estimated tokens of what a request sends besides its messages, such as tool
+    /// definitions.
+    fn extra_tokens(counter: &TokenCounter, body: &Map<String, Value>) -> u32;
+
+    /// Estimated input tokens of a whole request body.
+    fn request_tokens(counter: &TokenCounter, body: &Map<String, Value>) -> u32 {
+        counter
+            .messages(&Self::context_messages(body))
+            .saturating_add(Self::extra_tokens(counter, body))
+    }
+
+    /// Rewrites the request's messages to the ones `plan` keeps, with the summary where
+    /// the plan places it.
+    fn apply_fit(body: &mut Map<String, Value>, plan: &FitPlan, summary: Option<&Summary>);
 }
 
 /// Records one guardrail pass over a request or response: its duration since

@@ -258,3 +258,60 @@ fn trigger_is_a_fraction_of_the_budget() {
     assert!(reached_trigger(75, 100, 0.75));
     assert!(reached_trigger(0, 100, 0.0));
 }
+
+#[test]
+fn user_tool_result_stays_with_call() {
+    // The Messages API sends tool results in a `user` message.
+    let mut messages = conversation(2);
+    messages.push(call("toolu_1"));
+    messages.push(Message {
+        role: Role::User,
+        ..result("toolu_1")
+    });
+    messages.push(text(Role::Assistant, "it shipped yesterday"));
+    messages.push(text(Role::User, "and when does it arrive?"));
+    let last = messages.len() - 1;
+    // Room for the result and what follows it, but not for the call as well.
+    let without_call = total(&[&messages[..1], &messages[last - 2..]].concat());
+    let plan = fit(
+        &messages,
+        &counter(),
+        without_call,
+        0,
+        Strategy::Truncate,
+        None,
+    )
+    .expect("the last message fits");
+    assert_eq!(
+        plan.kept,
+        vec![0, last - 1, last],
+        "the orphaned result must go too"
+    );
+}
+
+#[test]
+fn first_role_drops_leading_assistant() {
+    let mut messages = conversation(2);
+    messages.push(text(Role::User, "and when does it arrive?"));
+    let last = messages.len() - 1;
+    // Room for the newest assistant reply before the last message, not for its question.
+    let budget = total(&[&messages[..1], &messages[last - 1..]].concat());
+    let plan = fit(&messages, &counter(), budget, 0, Strategy::Truncate, None).expect("fits");
+    assert_eq!(plan.kept, vec![0, last - 1, last]);
+
+    let plan = fit_starting_with(
+        &messages,
+        &counter(),
+        budget,
+        0,
+        Strategy::Truncate,
+        None,
+        Some(Role::User),
+    )
+    .expect("fits");
+    assert_eq!(plan.kept, vec![0, last]);
+    assert_eq!(
+        plan.tokens,
+        total(&[&messages[..1], &messages[last..]].concat())
+    );
+}
