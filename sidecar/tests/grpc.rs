@@ -40,6 +40,16 @@ async fn health_not_serving_until_policy_appears() {
     let body: serde_json::Value =
         serde_json::from_slice(&readyz.bytes().await.expect("body")).expect("JSON body");
     assert_eq!(body["checks"]["policy"]["status"], "missing");
+    let early = GuardrailsClient::new(channel.clone())
+        .check_input(proto::CheckInputRequest {
+            conversation_id: String::new(),
+            text: "hello".to_owned(),
+            messages: vec![],
+        })
+        .await
+        .expect_err("the engine does not serve before its policy");
+    assert_eq!(early.code(), tonic::Code::Unavailable, "{early:?}");
+    assert!(early.message().contains("policy"), "{early:?}");
 
     write_policy(dir.path());
     grpc_support::wait_for_status(&channel, ServingStatus::Serving).await;
@@ -92,6 +102,46 @@ async fn reflection_lists_every_service() {
             "{expected} missing from {names:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn reflection_answers_under_v1alpha_too() {
+    use tonic_reflection::pb::v1alpha as alpha;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sidecar = Sidecar::start(&write_policy(dir.path()), None, &[]);
+    let channel = sidecar.ready_channel().await;
+    let request = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut responses = alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection answers")
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .expect("one response")
+        .expect("no error");
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!(
+            "expected a service list, got {:?}",
+            response.message_response
+        );
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "agent_sidecar.v1.Guardrails"),
+        "{:?}",
+        list.service
+    );
 }
 
 #[tokio::test]

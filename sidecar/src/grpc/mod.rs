@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -213,6 +214,7 @@ pub async fn serve(
     let router = Server::builder()
         .add_service(health)
         .add_service(reflection()?)
+        .add_service(reflection_v1alpha()?)
         .add_service(guardrails)
         .add_service(conversations)
         .add_service(escalations)
@@ -235,10 +237,22 @@ pub async fn serve_health_only(
     health: HealthServer<impl Health>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let router = Server::builder()
-        .add_service(health)
-        .add_service(reflection()?);
+    let routes = Routes::new(health)
+        .add_service(reflection()?)
+        .add_service(reflection_v1alpha()?)
+        .into_axum_router()
+        .fallback(engine_not_started);
+    let router = Server::builder().add_routes(Routes::from(routes));
     run(router, listener, shutdown).await
+}
+
+/// Answers calls to the engine's services while the policy is missing: `UNAVAILABLE`
+/// says a retry can succeed, where tonic's default `UNIMPLEMENTED` says it never will.
+async fn engine_not_started() -> axum::http::Response<axum::body::Body> {
+    tonic::Status::unavailable(
+        "the sidecar is waiting for its policy file; retry once grpc.health.v1 reports SERVING",
+    )
+    .into_http()
 }
 
 fn reflection() -> Result<
@@ -251,6 +265,21 @@ fn reflection() -> Result<
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .map_err(|e| format!("cannot build the gRPC reflection service: {e}"))
+}
+
+/// Builds reflection under its older `grpc.reflection.v1alpha` name, the only one that
+/// some clients (Python's `grpcio-reflection`, older `grpcurl`) ask for.
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    String,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .map_err(|e| format!("cannot build the gRPC reflection service: {e}"))
 }
 
