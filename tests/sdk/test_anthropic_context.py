@@ -1,10 +1,14 @@
-"""Context budgets on Anthropic Messages API requests, through the official `anthropic` SDK:
-an over-budget conversation is trimmed before it reaches the upstream, and an upstream
-"prompt is too long" error is retried once with a compacted request."""
+"""Context budgets on Anthropic Messages API requests, through the official `anthropic` SDK.
+
+An over-budget conversation is trimmed before it reaches the upstream, and a stored summary
+is appended to `system`. An upstream "prompt is too long" error is retried once with a
+compacted request."""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,23 +23,44 @@ from harness import (
     SidecarProcess,
     StubUpstream,
     anthropic_reply_text,
+    forwarded_messages,
     load_recording,
     send_raw,
 )
 
 SYSTEM = "You track parcels."
 LAST_QUESTION = "And parcel 9?"
+# The summarizer prompt of the context-summarize policy.
+SUMMARY_PROMPT = "Summarize the conversation for the e2e test."
+SUMMARY_TEXT = "The customer asked about two parcels; both left the warehouse."
+SUMMARY_INTRO = "Summary of the earlier part of this conversation:\n"
+# Seconds to wait for the background summarization to reach the stub and be stored.
+SUMMARY_WAIT_SECONDS = 5.0
+
+
+def start_sidecar(
+    policy: str, stub: StubUpstream, factory: pytest.TempPathFactory, started: list[SidecarProcess]
+) -> SidecarProcess:
+    process = SidecarProcess(policy, policy, stub.base_url, factory.mktemp(policy))
+    started.append(process)
+    process.start()
+    return process
 
 
 @pytest.fixture(scope="module")
 def truncate_sidecar(
     stub_server: StubUpstream, tmp_path_factory: pytest.TempPathFactory, started_sidecars: list[SidecarProcess]
 ) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(
-        "context-truncate", "context-truncate", stub_server.base_url, tmp_path_factory.mktemp("context-truncate")
-    )
-    started_sidecars.append(process)
-    process.start()
+    process = start_sidecar("context-truncate", stub_server, tmp_path_factory, started_sidecars)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def summarize_sidecar(
+    stub_server: StubUpstream, tmp_path_factory: pytest.TempPathFactory, started_sidecars: list[SidecarProcess]
+) -> Iterator[SidecarProcess]:
+    process = start_sidecar("context-summarize", stub_server, tmp_path_factory, started_sidecars)
     yield process
     process.stop()
 
@@ -130,6 +155,66 @@ def test_within_budget_conversation_unchanged(truncate_sidecar: SidecarProcess, 
 
     (forwarded,) = upstream.messages_requests()
     assert forwarded.body["messages"] == sent_history
+
+
+def summary_reply() -> JsonReply:
+    """A Chat Completions reply with the summary text, for the summarizer's request."""
+    body = load_recording("chat_completion_text")
+    body["choices"][0]["message"]["content"] = SUMMARY_TEXT
+    return JsonReply(body)
+
+
+def wait_for_summarizer_requests(upstream: StubUpstream, count: int) -> None:
+    """Wait until `count` summarizer requests reached the stub."""
+    deadline = time.monotonic() + SUMMARY_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        requests = [r for r in upstream.chat_requests() if forwarded_messages(r)[0].get("content") == SUMMARY_PROMPT]
+        if len(requests) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} summarizer requests reached the stub within {SUMMARY_WAIT_SECONDS} s")
+
+
+def test_summary_appended_to_system(summarize_sidecar: SidecarProcess, upstream: StubUpstream) -> None:
+    header = {"x-agent-conversation-id": f"e2e-{uuid.uuid4()}"}
+    turns = [
+        f"Question {n}: " + "The parcel with order number 1234 left the warehouse on Monday. " * 6
+        for n in range(1, 4)
+    ]
+    history: list[dict[str, Any]] = []
+    with client_for(summarize_sidecar) as client:
+
+        def send(text: str) -> None:
+            history.append({"role": "user", "content": text})
+            client.messages.create(
+                model=ANTHROPIC_MODEL, max_tokens=100, system=SYSTEM, messages=history, extra_headers=header
+            )
+
+        upstream.enqueue(anthropic_reply_text("First answer."))
+        send(turns[0])
+        history.append({"role": "assistant", "content": "First answer."})
+
+        # The second turn crosses the trigger, so the summary reply is queued after its reply.
+        upstream.enqueue(anthropic_reply_text("Second answer."), summary_reply())
+        send(turns[1])
+        history.append({"role": "assistant", "content": "Second answer."})
+        wait_for_summarizer_requests(upstream, 1)
+        # The summary is stored after the stub replies, so wait a moment for the store.
+        time.sleep(0.5)
+
+        # The third turn is past the trigger too, so a second summary reply is queued for it.
+        upstream.enqueue(anthropic_reply_text("Third answer."), summary_reply())
+        send(turns[2])
+        wait_for_summarizer_requests(upstream, 2)
+
+    last = upstream.messages_requests()[-1].body
+    assert last["system"] == f"{SYSTEM}\n\n{SUMMARY_INTRO}{SUMMARY_TEXT}"
+    contents = [m["content"] for m in last["messages"]]
+    assert all(m["role"] != "system" for m in last["messages"])
+    assert turns[0] not in contents, "the summarized turn is not resent"
+    assert last["messages"][0] == {"role": "user", "content": turns[1]}
+    assert contents[-1] == turns[2]
+    assert metric_value(summarize_sidecar, 'agent_sidecar_context_window_actions_total{action="summarized"}') == 1
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
