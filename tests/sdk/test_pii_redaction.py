@@ -176,3 +176,28 @@ def test_email_in_response_redacted(client: openai.OpenAI, upstream: StubUpstrea
     content = completion.choices[0].message.content
     assert content == "You can reach Jane at [EMAIL] until Friday.", f"response content was not redacted: {content!r}"
     assert completion.choices[0].finish_reason == "stop", "redaction changed the finish_reason"
+
+
+def test_verdict_header_reads_transform_when_only_input_changed(
+    client: openai.OpenAI, upstream: StubUpstream
+) -> None:
+    upstream.enqueue(JsonReply(load_recording("chat_completion_text")))
+
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=user_message(f"My email is {EMAIL}, where is my order?"),
+    )
+
+    assert raw.headers.get("x-agent-sidecar-verdict") == "transform", dict(raw.headers)
+    assert "[EMAIL]" in forwarded_user_text(upstream)
+
+
+def test_verdict_header_reads_allow_when_nothing_changed(client: openai.OpenAI, upstream: StubUpstream) -> None:
+    upstream.enqueue(JsonReply(load_recording("chat_completion_text")))
+
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=user_message("Where is my order?"),
+    )
+
+    assert raw.headers.get("x-agent-sidecar-verdict") == "allow", dict(raw.headers)

@@ -139,6 +139,7 @@ async fn handle_messages(
         model: messages.model.clone(),
         turn,
         request_messages,
+        input_verdict: input.verdict.clone(),
         input_estimate: Some(estimate_input_tokens(&messages)),
         span: traces::model_call_span(&call),
         call,

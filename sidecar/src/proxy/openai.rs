@@ -119,6 +119,7 @@ async fn handle_chat(state: &ProxyState, request: Request<Body>) -> Result<Respo
         model: chat.model.clone(),
         turn,
         request_messages,
+        input_verdict: input.verdict.clone(),
         input_estimate: None,
         span: traces::model_call_span(&call),
         call,

@@ -245,7 +245,9 @@ pub(super) async fn finish_whole<D: ProviderDialect>(
         .await;
     }
 
-    let verdict = output.verdict.as_str();
+    let mut verdict = context.input_verdict.clone();
+    verdict.merge(output.verdict.clone());
+    let verdict = verdict.as_str();
     if streamed {
         return Ok(event_stream::<D>(&message, stream_error, verdict, None));
     }

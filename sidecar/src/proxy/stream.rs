@@ -39,6 +39,9 @@ pub(super) struct StreamContext {
     pub turn: Option<TurnContext>,
     /// The guarded request messages in the common model, before any context fitting.
     pub request_messages: Vec<Message>,
+    /// The input guardrails' verdict, merged with the output's into the response's
+    /// verdict header, so a request whose PII was redacted reads `transform`.
+    pub input_verdict: Verdict,
     /// The model call, as GenAI metrics describe it.
     pub call: GenAiCall,
     /// The sidecar's estimate of the request's input tokens, compared with the
