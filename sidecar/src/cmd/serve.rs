@@ -20,8 +20,11 @@ use crate::health::{self, AdminState};
 use crate::policy::Policy;
 use crate::policy::reload::{DEFAULT_RELOAD_INTERVAL_MS, GuardHandle, PolicyWatcher};
 use crate::proxy::{self, ProxyState, upstream};
-use crate::state::escalation::{DEFAULT_ESCALATION_TTL, Escalations, MemoryEscalations};
+use crate::state::escalation::{
+    DEFAULT_ESCALATION_TTL, EscalationStore, Escalations, MemoryEscalations,
+};
 use crate::state::metered::MeteredStore;
+use crate::state::redis::RedisEscalations;
 use crate::state::vault::VaultKey;
 use crate::state::{self, ConversationStore};
 use crate::telemetry::metrics::Metrics;
@@ -235,10 +238,12 @@ async fn serve(config: Config, reload_interval: Duration) -> Result<(), String> 
         }
     };
     let events = EventBus::new();
+    let escalation_store: Arc<dyn EscalationStore> = match &config.store.redis {
+        Some(redis) => Arc::new(RedisEscalations::open(redis).map_err(|e| e.to_string())?),
+        None => Arc::new(MemoryEscalations::new()),
+    };
     let escalations = Escalations {
-        // TODO: escalations live in memory even with --redis-url, so they are lost on
-        // restart and each replica keeps its own; a Redis backend is not written yet.
-        store: Arc::new(MemoryEscalations::new()),
+        store: escalation_store,
         events: events.clone(),
         metrics: metrics.clone(),
         ttl: DEFAULT_ESCALATION_TTL,

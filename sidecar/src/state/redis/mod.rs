@@ -11,6 +11,8 @@
 //! empty. Nothing here is on the liveness path, and start-up never waits for Redis.
 
 mod backend;
+pub mod escalation_scripts;
+mod escalations;
 pub mod scripts;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +28,7 @@ use tokio::time::Instant;
 
 pub use backend::RedisMode;
 use backend::{Backend, Connection};
+pub use escalations::RedisEscalations;
 use scripts::{APPEND_CONFLICT, APPEND_DUPLICATE, APPEND_STORED, Keys, Scripts};
 
 use super::memory::DEDUP_WINDOW_TURNS;
