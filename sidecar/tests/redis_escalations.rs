@@ -14,9 +14,9 @@ use agent_sidecar::state::StoreError;
 use agent_sidecar::state::escalation::{
     DEFAULT_ESCALATION_TTL, Escalation, EscalationState, EscalationStore, Resolution, ResolveError,
 };
-use agent_sidecar::state::redis::{RedisEscalations, RedisSettings};
+use agent_sidecar::state::redis::{RedisEscalations, RedisMode, RedisSettings};
 use serde_json::json;
-use support::RedisServer;
+use support::{Cluster, RedisServer};
 
 fn settings(url: String) -> RedisSettings {
     RedisSettings {
@@ -320,4 +320,56 @@ async fn unreachable_redis_is_unavailable() {
         matches!(error, ResolveError::Store(StoreError::Unavailable(_))),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn cluster_keeps_escalations_in_one_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(dir.path());
+    let nodes: Vec<String> = cluster.servers[1..].iter().map(RedisServer::url).collect();
+    let redis = RedisSettings {
+        mode: RedisMode::Cluster { nodes },
+        command_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        ..RedisSettings::standalone(cluster.servers[0].url())
+    };
+    let store = RedisEscalations::open(&redis).expect("store opens");
+    let guard = guard();
+
+    // Escalations of several conversations; their keys all share the `{escalations}` tag.
+    let mut created = Vec::new();
+    for conversation in ["c1", "c2", "c3", "c4", "c5", "c6"] {
+        let candidate = escalation(&guard, conversation, 5, DEFAULT_ESCALATION_TTL);
+        let stored = store.create(candidate.clone()).await.expect("create");
+        assert_eq!(stored.id, candidate.id);
+        let again = store
+            .create(escalation(&guard, conversation, 5, DEFAULT_ESCALATION_TTL))
+            .await
+            .expect("create");
+        assert_eq!(
+            again.id, candidate.id,
+            "{conversation}: create is idempotent"
+        );
+        created.push(stored);
+    }
+
+    assert_eq!(store.list(None).await.expect("list").len(), created.len());
+    for escalation in &created {
+        let listed = store
+            .list(Some(&escalation.conversation_id))
+            .await
+            .expect("list");
+        assert_eq!(listed, vec![escalation.clone()]);
+        let resolved = store
+            .resolve(&escalation.id, approve("oncall"))
+            .await
+            .expect("resolve");
+        assert_eq!(resolved.state, EscalationState::Approved);
+        let found = store
+            .find(&escalation.fingerprint)
+            .await
+            .expect("find")
+            .expect("still in force");
+        assert_eq!(found, resolved);
+    }
 }

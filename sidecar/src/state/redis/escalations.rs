@@ -198,6 +198,8 @@ impl EscalationStore for RedisEscalations {
         Ok(listed)
     }
 
+    /// NOTE: Redis deletes an escalation at its expiry, so resolving it afterwards returns
+    /// `NotFound`, where the memory store returns `Expired` until it prunes the record.
     async fn resolve(&self, id: &str, resolution: Resolution) -> Result<Escalation, ResolveError> {
         let state = if resolution.approve {
             "approved"
