@@ -356,6 +356,102 @@ async fn tool_call_upstream() -> String {
     format!("http://{address}/v1")
 }
 
+/// The same call as [`TOOL_CALL_COMPLETION`], streamed with its arguments in two deltas.
+const TOOL_CALL_STREAM: &str = concat!(
+    r#"data: {"id":"chatcmpl-esc","object":"chat.completion.chunk","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"wire_transfer","arguments":""}}]},"finish_reason":null}]}"#,
+    "\n\n",
+    r#"data: {"id":"chatcmpl-esc","object":"chat.completion.chunk","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"amount\":"}}]},"finish_reason":null}]}"#,
+    "\n\n",
+    r#"data: {"id":"chatcmpl-esc","object":"chat.completion.chunk","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"5000}"}}]},"finish_reason":null}]}"#,
+    "\n\n",
+    r#"data: {"id":"chatcmpl-esc","object":"chat.completion.chunk","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+    "\n\ndata: [DONE]\n\n",
+);
+
+/// Starts a stub OpenAI upstream on loopback that always streams the tool call.
+async fn streamed_tool_call_upstream() -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            ([("content-type", "text/event-stream")], TOOL_CALL_STREAM)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind stub upstream");
+    let address = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{address}/v1")
+}
+
+/// Sends a streamed chat request and returns the event stream's body.
+async fn chat_stream(sidecar: &Sidecar, conversation: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", sidecar.proxy))
+        .header("x-agent-conversation-id", conversation)
+        .header("authorization", "Bearer test")
+        .header("content-type", "application/json")
+        .body(
+            r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Send the transfer"}]}"#,
+        )
+        .send()
+        .await
+        .expect("proxy answers");
+    assert_eq!(response.status().as_u16(), 200);
+    response.text().await.expect("event stream body")
+}
+
+#[tokio::test]
+async fn streamed_call_is_escalated_then_released_after_approval() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let upstream = streamed_tool_call_upstream().await;
+    let sidecar = Sidecar::start(
+        &write_policy(dir.path()),
+        None,
+        &["--openai-upstream", &upstream],
+    );
+    let mut escalations = EscalationsClient::new(sidecar.ready_channel().await);
+
+    let held = chat_stream(&sidecar, "conv-stream").await;
+    assert!(held.contains("approval_required"), "{held}");
+    assert!(
+        !held.contains("wire_transfer"),
+        "the held call reached the client: {held}"
+    );
+    let listed = escalations
+        .list(proto::ListRequest {
+            conversation_id: "conv-stream".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("list succeeds")
+        .into_inner();
+    assert_eq!(listed.escalations.len(), 1);
+    let escalation = &listed.escalations[0];
+    assert_eq!(escalation.tool_name, "wire_transfer");
+    assert!(
+        held.contains(&escalation.escalation_id),
+        "the error event names {}: {held}",
+        escalation.escalation_id
+    );
+
+    escalations
+        .resolve(proto::ResolveRequest {
+            escalation_id: escalation.escalation_id.clone(),
+            resolution: proto::Resolution::Approve.into(),
+            resolved_by: "oncall@example.com".to_owned(),
+            reason: String::new(),
+        })
+        .await
+        .expect("resolve succeeds");
+    let released = chat_stream(&sidecar, "conv-stream").await;
+    assert!(released.contains("wire_transfer"), "{released}");
+    assert!(!released.contains("approval_required"), "{released}");
+    assert!(released.trim_end().ends_with("data: [DONE]"), "{released}");
+}
+
 async fn chat(sidecar: &Sidecar, conversation: &str) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", sidecar.proxy))

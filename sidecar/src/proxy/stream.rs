@@ -239,6 +239,11 @@ async fn pump<S: GuardedStream>(
             .metrics
             .record_hold_back_overflows(&policy.identity.name, overflows);
     }
+    // Escalations the guard raised in this stream are stored before the error event that
+    // names them is sent, so an agent that lists them at once finds them.
+    if let Some(escalations) = context.guard.escalations() {
+        state.escalations.store_raised(escalations).await;
+    }
     if client_gone {
         tracing::debug!(model = %context.model, "client closed the stream");
         return;

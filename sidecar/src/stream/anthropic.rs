@@ -373,14 +373,9 @@ impl AnthropicStream {
         self.ended = true;
         let policy = self.guard.policy().clone();
         if policy.on_block == BlockResponse::Error {
-            let what = if escalate {
-                "requires approval under"
-            } else {
-                "blocked by"
-            };
             let body = json!({"type": "error", "error": {
                 "type": "permission_error",
-                "message": format!("response {what} guardrail policy: rule {rule:?} ({kind})"),
+                "message": super::block_message(&self.guard, &rule, kind, escalate),
             }});
             sse::encode_named("error", &body.to_string(), out);
             self.error = Some(StreamError::Blocked { rule });

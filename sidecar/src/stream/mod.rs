@@ -13,7 +13,7 @@ pub mod text;
 pub use text::{Release, StreamMode, TextStream};
 
 use crate::dialect::Message;
-use crate::guard::Finding;
+use crate::guard::{Finding, Guard};
 use crate::sse::{self, Event, Frame};
 
 /// Returns the event of an upstream frame. A comment is forwarded to `out` at once as a
@@ -84,4 +84,26 @@ pub trait GuardedStream: Send + 'static {
 
     /// Returns the response the client received, in the common model.
     fn response_message(&self) -> Option<Message>;
+}
+
+/// Builds the message of an error event that ends a blocked stream. An escalated call
+/// names the escalation the guard raised for it, which the proxy stores before the event
+/// reaches the client, so the agent can retry the identical call once it is approved.
+pub fn block_message(guard: &Guard, rule: &str, kind: &str, escalate: bool) -> String {
+    if !escalate {
+        return format!("response blocked by guardrail policy: rule {rule:?} ({kind})");
+    }
+    let escalation = guard
+        .escalations()
+        .and_then(|escalations| escalations.raised().last().map(|e| e.id.clone()));
+    match escalation {
+        Some(id) => format!(
+            "approval pending: escalation {id} holds this tool call under guardrail policy \
+             rule {rule:?} ({kind}); retry the identical call after it is approved"
+        ),
+        None => format!(
+            "response requires approval under guardrail policy: rule {rule:?} ({kind}); send \
+             the conversation id header so the call can be escalated"
+        ),
+    }
 }

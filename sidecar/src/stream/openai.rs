@@ -377,15 +377,13 @@ impl OpenAiStream {
         self.ended = true;
         let policy = self.guard.policy();
         if policy.on_block == BlockResponse::Error {
-            // TODO: a streamed tool call that an escalate rule holds gets no stored escalation
-            // yet; only responses read whole create one and name it.
-            let (code, what) = if escalate {
-                ("approval_required", "requires approval under")
+            let code = if escalate {
+                "approval_required"
             } else {
-                ("blocked_by_policy", "blocked by")
+                "blocked_by_policy"
             };
             let body = json!({"error": {
-                "message": format!("response {what} guardrail policy: rule {rule:?} ({kind})"),
+                "message": super::block_message(&self.guard, &rule, kind, escalate),
                 "type": "guardrail_violation",
                 "code": code,
                 "param": null,
