@@ -458,7 +458,9 @@ fn conceal_message(guard: &Guard, mut message: Message) -> Message {
 /// own credentials, retries and fallback.
 ///
 /// NOTE: a target without a configured credential gets no `Authorization` header from
-/// the summarizer, because no client request is there to forward one from.
+/// the summarizer, because no client request is there to forward one from. Anthropic
+/// conversations are summarized through this Chat Completions route too, so a policy for
+/// them should set `summarizer.model` to a model that route serves.
 #[derive(Debug)]
 pub struct UpstreamSummarizer {
     pub routes: Arc<RouteTable>,
