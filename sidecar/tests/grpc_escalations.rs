@@ -338,13 +338,12 @@ async fn escalations_and_events_reject_malformed_requests() {
 /// A chat completion whose assistant message calls `wire_transfer`.
 const TOOL_CALL_COMPLETION: &str = r#"{"id":"chatcmpl-esc","object":"chat.completion","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"wire_transfer","arguments":"{\"amount\":5000}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tool_calls":0,"prompt_tokens":20,"completion_tokens":5,"total_tokens":25}}"#;
 
-/// Starts a stub OpenAI upstream on loopback that always returns the tool call.
-async fn tool_call_upstream() -> String {
+/// Starts a stub OpenAI upstream on loopback that answers every chat completion with
+/// `body` as `content_type`.
+async fn stub_upstream(content_type: &'static str, body: &'static str) -> String {
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(|| async {
-            ([("content-type", "application/json")], TOOL_CALL_COMPLETION)
-        }),
+        axum::routing::post(move || async move { ([("content-type", content_type)], body) }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -354,6 +353,11 @@ async fn tool_call_upstream() -> String {
         let _ = axum::serve(listener, app).await;
     });
     format!("http://{address}/v1")
+}
+
+/// Starts a stub OpenAI upstream on loopback that always returns the tool call.
+async fn tool_call_upstream() -> String {
+    stub_upstream("application/json", TOOL_CALL_COMPLETION).await
 }
 
 /// The same call as [`TOOL_CALL_COMPLETION`], streamed with its arguments in two deltas.
@@ -370,20 +374,7 @@ const TOOL_CALL_STREAM: &str = concat!(
 
 /// Starts a stub OpenAI upstream on loopback that always streams the tool call.
 async fn streamed_tool_call_upstream() -> String {
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(|| async {
-            ([("content-type", "text/event-stream")], TOOL_CALL_STREAM)
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind stub upstream");
-    let address = listener.local_addr().expect("local address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    format!("http://{address}/v1")
+    stub_upstream("text/event-stream", TOOL_CALL_STREAM).await
 }
 
 /// Sends a streamed chat request and returns the event stream's body.
