@@ -1,4 +1,4 @@
-//! Escalations and events over gRPC: a tool call that an `escalate` rule holds is
+//! Escalations and events over gRPC: a tool call that an `escalate` rule stops is
 //! created, watched as an event, approved or denied, and the identical call retried.
 
 mod grpc_support;
@@ -338,7 +338,7 @@ async fn escalations_and_events_reject_malformed_requests() {
 /// A chat completion whose assistant message calls `wire_transfer`.
 const TOOL_CALL_COMPLETION: &str = r#"{"id":"chatcmpl-esc","object":"chat.completion","created":1733000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"wire_transfer","arguments":"{\"amount\":5000}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tool_calls":0,"prompt_tokens":20,"completion_tokens":5,"total_tokens":25}}"#;
 
-/// Starts a stub OpenAI upstream on loopback that answers every chat completion with
+/// Starts a stub OpenAI upstream on loopback that replies to every chat completion with
 /// `body` as `content_type`.
 async fn stub_upstream(content_type: &'static str, body: &'static str) -> String {
     let app = axum::Router::new().route(
@@ -377,19 +377,27 @@ async fn streamed_tool_call_upstream() -> String {
     stub_upstream("text/event-stream", TOOL_CALL_STREAM).await
 }
 
-/// Sends a streamed chat request and returns the event stream's body.
-async fn chat_stream(sidecar: &Sidecar, conversation: &str) -> String {
-    let response = reqwest::Client::new()
+/// Sends the chat request that makes the stub call `wire_transfer`, streamed or not.
+async fn send_chat(sidecar: &Sidecar, conversation: &str, stream: bool) -> reqwest::Response {
+    let body = serde_json::json!({
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Send the transfer"}],
+    });
+    reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", sidecar.proxy))
         .header("x-agent-conversation-id", conversation)
         .header("authorization", "Bearer test")
         .header("content-type", "application/json")
-        .body(
-            r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Send the transfer"}]}"#,
-        )
+        .body(body.to_string())
         .send()
         .await
-        .expect("proxy answers");
+        .expect("proxy answers")
+}
+
+/// Sends a streamed chat request and returns the event stream's body.
+async fn chat_stream(sidecar: &Sidecar, conversation: &str) -> String {
+    let response = send_chat(sidecar, conversation, true).await;
     assert_eq!(response.status().as_u16(), 200);
     response.text().await.expect("event stream body")
 }
@@ -443,18 +451,9 @@ async fn streamed_call_is_escalated_then_released_after_approval() {
     assert!(released.trim_end().ends_with("data: [DONE]"), "{released}");
 }
 
+/// Sends a chat request read whole and returns its status and JSON body.
 async fn chat(sidecar: &Sidecar, conversation: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", sidecar.proxy))
-        .header("x-agent-conversation-id", conversation)
-        .header("authorization", "Bearer test")
-        .header("content-type", "application/json")
-        .body(
-            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Send the transfer"}]}"#,
-        )
-        .send()
-        .await
-        .expect("proxy answers");
+    let response = send_chat(sidecar, conversation, false).await;
     let status = response.status().as_u16();
     let body = response.bytes().await.expect("body");
     (status, serde_json::from_slice(&body).expect("JSON body"))

@@ -246,8 +246,8 @@ pub async fn serve_health_only(
     run(router, listener, shutdown).await
 }
 
-/// Answers calls to the engine's services while the policy is missing: `UNAVAILABLE`
-/// says a retry can succeed, where tonic's default `UNIMPLEMENTED` says it never will.
+/// Rejects calls to the engine's services while the policy is missing. `UNAVAILABLE`
+/// tells the client that a retry can succeed, where tonic's default `UNIMPLEMENTED` tells it never will.
 async fn engine_not_started() -> axum::http::Response<axum::body::Body> {
     tonic::Status::unavailable(
         "the sidecar is waiting for its policy file; retry once grpc.health.v1 reports SERVING",

@@ -223,7 +223,7 @@ pub async fn is_ready(state: AdminState) -> bool {
 }
 
 /// Builds the admin routes served while the configured policy file does not exist yet:
-/// live, but neither started nor ready, and `/readyz` says which file is missing.
+/// live, but neither started nor ready, and `/readyz` names the missing file.
 pub fn waiting_router(policy_path: &std::path::Path) -> Router {
     let source = policy_path.display().to_string();
     let readyz = move || {

@@ -38,7 +38,7 @@ use upstream::Upstream;
 pub const CONVERSATION_ID_HEADER: &str = "x-agent-conversation-id";
 /// Response header carrying the overall verdict (`allow`, `transform`, `block`).
 pub const VERDICT_HEADER: &str = "x-agent-sidecar-verdict";
-/// Response header naming the escalation that holds a tool call for approval.
+/// Response header naming the escalation that keeps a tool call waiting for approval.
 pub const ESCALATION_HEADER: &str = "x-agent-sidecar-escalation-id";
 /// Response header naming the rule that blocked a request or response.
 pub const BLOCKED_RULE_HEADER: &str = "x-agent-sidecar-blocked-rule";

@@ -29,7 +29,7 @@ use crate::telemetry::traces;
 
 /// The provider-specific pieces of the shared request steps.
 pub(super) trait ProviderDialect {
-    /// The upstream this dialect's requests go to.
+    /// Returns the upstream this dialect's requests go to.
     fn upstream(state: &ProxyState) -> &Upstream;
 
     /// Runs the output guardrails over a whole response and rewrites it in place.

@@ -352,8 +352,8 @@ impl AnthropicStream {
 
     /// Ends the client's stream after a blocking verdict: with an `error` event, or with
     /// the refusal text and `stop_reason: refusal`. `open_text` is the text block the
-    /// refusal continues (its index, and whether text was already released in it);
-    /// otherwise the refusal gets a new text block at `index`.
+    /// refusal continues, with its index and whether text was already released in it.
+    /// Without one, the refusal gets a new text block at `index`.
     fn block_stream(
         &mut self,
         verdict: &Verdict,

@@ -563,7 +563,7 @@ fn classic_mode_puts_sidecar_first_with_wait_hook() {
 }
 
 #[test]
-fn pod_without_credentials_secret_is_warned_that_the_agent_key_is_forwarded() {
+fn missing_credentials_secret_warns() {
     let admitted = admit(JOB_POD, NamespaceInjection::NotEnabled, &settings());
     assert_eq!(admitted.reviewed.outcome, "injected");
     assert!(
